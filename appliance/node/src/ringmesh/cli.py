@@ -1,0 +1,224 @@
+"""`ringmesh` command line (contract: docs/node-contract.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from .did import DidError, public_from_did
+from .keystore import Keystore, KeystoreError, public_summary
+from .wire import ROLE_CLIENT, ROLE_RELAY
+
+EXIT_USAGE = 2
+
+
+def _keystore(config: Config) -> Keystore:
+    role = ROLE_RELAY if config.role == "relay" else ROLE_CLIENT
+    return Keystore(config.state_dir, role, config.epoch_seconds, config.grace_seconds)
+
+
+def control_request(config: Config, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
+    """Ask the running daemon over its control socket; None when nothing answers."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(config.control_socket))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        answer = json.loads(data)
+        return answer if isinstance(answer, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_keys(args: argparse.Namespace, config: Config) -> int:
+    store = _keystore(config)
+    if args.keys_cmd == "init":
+        print(store.init())
+        return 0
+    if args.keys_cmd == "show":
+        summary = public_summary(store.load())
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            for key, value in summary.items():
+                print(f"{key}: {value}")
+        return 0
+    keys = store.rotate()
+    answer = control_request(config, {"cmd": "reload"})
+    reloaded = bool(answer and answer.get("ok"))
+    if args.json:
+        print(json.dumps({"epoch": keys.current.epoch, "reloaded": reloaded}))
+    else:
+        print(f"rotated to epoch {keys.current.epoch}" + ("; node reloaded" if reloaded else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from .daemon import run_daemon
+
+    if config.role != "relay":
+        raise ConfigError("node.role", "must be 'relay' to run the daemon")
+    _keystore(config).load()  # refuse early on a missing or loose keystore
+    return run_daemon(config)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    answer = control_request(config, {"cmd": "status"})
+    if answer is None:
+        if args.json:
+            print(json.dumps({"ok": False, "error": "node does not answer"}))
+        else:
+            print("node does not answer", file=sys.stderr)
+        return 1
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        for key, value in answer.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _recipient(args: argparse.Namespace, config: Config) -> tuple[bytes, bytes]:
+    try:
+        to = public_from_did(args.to)
+    except DidError as exc:
+        raise ConfigError("--to", str(exc)) from None
+    try:
+        home = public_from_did(args.home)
+    except DidError as exc:
+        raise ConfigError("--home", str(exc)) from None
+    if home not in {r.identity for r in config.relays}:
+        raise ConfigError("--home", "must be one of the [[relays]] dids in the config")
+    return to, home
+
+
+def _client_config(config: Config) -> None:
+    if config.client_home is None:
+        raise ConfigError("client.home", "is required for send and recv")
+
+
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
+    from .client import ClientNode, send_message
+
+    _client_config(config)
+    to, home = _recipient(args, config)
+    body = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
+    keys = _keystore(config).load()
+
+    async def go() -> int:
+        node = ClientNode(config, keys)
+        await node.start()
+        try:
+            result = await send_message(node, body, to, home, args.timeout, args.retransmit)
+        finally:
+            await node.close()
+        if args.json:
+            print(json.dumps({"message_id": result.message_id.hex(), "acked": result.acked, "bytes": len(body), "attempts": result.attempts}))
+        elif not result.acked:
+            print("not acknowledged", file=sys.stderr)
+        return 0 if result.acked else 1
+
+    return asyncio.run(go())
+
+
+def cmd_recv(args: argparse.Namespace, config: Config) -> int:
+    from .client import ClientNode, receive_messages
+
+    _client_config(config)
+    keys = _keystore(config).load()
+
+    async def go() -> int:
+        node = ClientNode(config, keys)
+        await node.start()
+        try:
+            messages = await receive_messages(node, args.wait, args.count)
+        finally:
+            await node.close()
+        if args.json:
+            out = [{"id": c.message_id.hex(), "body_b64": base64.b64encode(c.body).decode()} for c in messages]
+            print(json.dumps({"messages": out}))
+        else:
+            for c in messages:
+                sys.stdout.buffer.write(c.body)
+            sys.stdout.buffer.flush()
+        return 0
+
+    return asyncio.run(go())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options valid before or after the subcommand; sub-levels SUPPRESS their defaults so a
+    # value given at the top is not overwritten.
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--config", default=DEFAULT_CONFIG, help="node.toml (default %(default)s)")
+    top.add_argument("--json", action="store_true", default=False, help="machine-readable output")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="node.toml")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    parser = argparse.ArgumentParser(prog="ringmesh", parents=[top], description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    keys = sub.add_parser("keys", parents=[common], help="keystore")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    keys_sub.add_parser("init", parents=[common], help="create the keystore if absent")
+    show = keys_sub.add_parser("show", parents=[common], help="print the public identity")
+    show.add_argument("--public", action="store_true", help="public material only (always)")
+    keys_sub.add_parser("rotate", parents=[common], help="new onion and link keys (epoch + 1)")
+    sub.add_parser("run", parents=[common], help="run the relay daemon in the foreground")
+    sub.add_parser("status", parents=[common], help="ask the running relay for its status")
+    send = sub.add_parser("send", parents=[common], help="send a message (stdin or --file)")
+    send.add_argument("--to", required=True, help="recipient did:key")
+    send.add_argument("--home", required=True, help="recipient's home relay did:key")
+    send.add_argument("--file", help="read the message from FILE instead of stdin")
+    send.add_argument("--timeout", type=float, default=30.0, help="give up after SECONDS")
+    send.add_argument("--retransmit", type=float, default=3.0, help="retry another path after SECONDS")
+    recv = sub.add_parser("recv", parents=[common], help="fetch messages held at the home relay")
+    recv.add_argument("--wait", type=float, default=0.0, help="wait up to SECONDS for messages")
+    recv.add_argument("--count", type=int, help="return once COUNT messages arrived")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        handler = {
+            "keys": cmd_keys,
+            "run": cmd_run,
+            "status": cmd_status,
+            "send": cmd_send,
+            "recv": cmd_recv,
+        }[args.cmd]
+        return handler(args, config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except KeystoreError as exc:
+        print(f"keystore error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # client errors: one line, no traceback, no message content
+        from .client import ClientError
+
+        if isinstance(exc, ClientError | OSError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

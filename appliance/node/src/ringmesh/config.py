@@ -1,0 +1,229 @@
+"""node.toml: parsed with tomllib and validated; every error names the field."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .did import DidError, public_from_did
+
+DEFAULT_CONFIG = "/etc/ringmesh/node.toml"
+DEFAULT_PORT = 7733
+
+
+class ConfigError(Exception):
+    """Bad configuration; str() is 'config error: <field>: <problem>'."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"config error: {field_name}: {problem}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class RelayEntry:
+    did: str
+    identity: bytes
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    role: str = "relay"
+    name: str = ""
+    state_dir: Path = Path("/var/lib/ringmesh")
+    listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
+    advertise: str = ""
+    log_level: str = "info"
+    epoch_seconds: int = 86400
+    grace_seconds: int = 3600
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9733)
+    mean_delay_ms: int = 20
+    loop_rate: float = 0.0
+    drop_rate: float = 0.0
+    mailbox_ttl_seconds: int = 3600
+    mailbox_max_packets: int = 10000
+    client_home: str | None = None
+    path_length: int = 3
+    relays: tuple[RelayEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+
+_SECTIONS: dict[str, set[str]] = {
+    "node": {"role", "name", "state_dir", "listen", "advertise", "log_level"},
+    "keys": {"epoch_seconds", "grace_seconds"},
+    "metrics": {"listen"},
+    "mixing": {"mean_delay_ms", "loop_rate", "drop_rate"},
+    "mailbox": {"ttl_seconds", "max_packets"},
+    "client": {"home", "path_length"},
+}
+
+
+def parse_hostport(value: object, name: str, allow_empty: bool = False) -> tuple[str, int] | None:
+    if not isinstance(value, str):
+        raise ConfigError(name, "must be a string 'host:port'")
+    if value == "" and allow_empty:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(name, f"must be 'host:port' with a port 1-65535, got {value!r}")
+    return host, int(port_text)
+
+
+def _int(table: dict[str, Any], key: str, name: str, default: int, minimum: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+        raise ConfigError(name, f"must be {kind}")
+    return value
+
+
+def _float(table: dict[str, Any], key: str, name: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(name, "must be a non-negative number")
+    return float(value)
+
+
+def _str(table: dict[str, Any], key: str, name: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(name, "must be a string")
+    return value
+
+
+def _did(value: object, name: str) -> tuple[str, bytes]:
+    if not isinstance(value, str):
+        raise ConfigError(name, "must be a did:key string")
+    try:
+        return value, public_from_did(value)
+    except DidError as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", f"{path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("config", f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML ({exc})") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    for key, value in raw.items():
+        if key == "relays":
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(key, "unknown section")
+        if not isinstance(value, dict):
+            raise ConfigError(key, "must be a table")
+        for sub in value:
+            if sub not in _SECTIONS[key]:
+                raise ConfigError(f"{key}.{sub}", "unknown field")
+
+    node = raw.get("node", {})
+    role = _str(node, "role", "node.role", "relay")
+    if role not in ("relay", "client"):
+        raise ConfigError("node.role", "must be 'relay' or 'client'")
+    log_level = _str(node, "log_level", "node.log_level", "info")
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("node.log_level", "must be one of debug, info, warning, error")
+    state_dir = _str(node, "state_dir", "node.state_dir", "/var/lib/ringmesh")
+    if not state_dir.startswith("/"):
+        raise ConfigError("node.state_dir", "must be an absolute path")
+    listen = parse_hostport(node.get("listen", f"0.0.0.0:{DEFAULT_PORT}"), "node.listen")
+    assert listen is not None
+    try:
+        ipaddress.ip_address(listen[0])
+    except ValueError:
+        raise ConfigError("node.listen", "host must be an IP address") from None
+    advertise = _str(node, "advertise", "node.advertise", "")
+    if advertise:
+        parse_hostport(advertise, "node.advertise")
+
+    keys = raw.get("keys", {})
+    epoch_seconds = _int(keys, "epoch_seconds", "keys.epoch_seconds", 86400, 1)
+    grace_seconds = _int(keys, "grace_seconds", "keys.grace_seconds", 3600, 0)
+
+    metrics = raw.get("metrics", {})
+    metrics_listen = parse_hostport(
+        metrics.get("listen", "127.0.0.1:9733"), "metrics.listen", allow_empty=True
+    )
+
+    mixing = raw.get("mixing", {})
+    mean_delay_ms = _int(mixing, "mean_delay_ms", "mixing.mean_delay_ms", 20, 0)
+    loop_rate = _float(mixing, "loop_rate", "mixing.loop_rate", 0.0)
+    drop_rate = _float(mixing, "drop_rate", "mixing.drop_rate", 0.0)
+
+    mailbox = raw.get("mailbox", {})
+    ttl = _int(mailbox, "ttl_seconds", "mailbox.ttl_seconds", 3600, 1)
+    max_packets = _int(mailbox, "max_packets", "mailbox.max_packets", 10000, 1)
+
+    client = raw.get("client", {})
+    home: str | None = None
+    if "home" in client:
+        home, _ = _did(client["home"], "client.home")
+    path_length = _int(client, "path_length", "client.path_length", 3, 1)
+    if path_length > 4:
+        raise ConfigError("client.path_length", "must be between 1 and 4")
+    if role == "client" and home is None:
+        raise ConfigError("client.home", "is required when node.role is 'client'")
+
+    relays_raw = raw.get("relays", [])
+    if not isinstance(relays_raw, list):
+        raise ConfigError("relays", "must be an array of tables ([[relays]])")
+    relays = []
+    seen: set[bytes] = set()
+    for i, entry in enumerate(relays_raw):
+        name = f"relays[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(name, "must be a table")
+        for sub in entry:
+            if sub not in ("did", "address"):
+                raise ConfigError(f"{name}.{sub}", "unknown field")
+        if "did" not in entry:
+            raise ConfigError(f"{name}.did", "is required")
+        if "address" not in entry:
+            raise ConfigError(f"{name}.address", "is required")
+        did, identity = _did(entry["did"], f"{name}.did")
+        address = parse_hostport(entry["address"], f"{name}.address")
+        assert address is not None
+        if identity in seen:
+            raise ConfigError(f"{name}.did", "is listed twice")
+        seen.add(identity)
+        relays.append(RelayEntry(did, identity, address))
+    if home is not None and home not in {r.did for r in relays}:
+        raise ConfigError("client.home", "must be one of the [[relays]] dids")
+
+    return Config(
+        path=path,
+        role=role,
+        name=_str(node, "name", "node.name", ""),
+        state_dir=Path(state_dir),
+        listen=listen,
+        advertise=advertise,
+        log_level=log_level,
+        epoch_seconds=epoch_seconds,
+        grace_seconds=grace_seconds,
+        metrics_listen=metrics_listen,
+        mean_delay_ms=mean_delay_ms,
+        loop_rate=loop_rate,
+        drop_rate=drop_rate,
+        mailbox_ttl_seconds=ttl,
+        mailbox_max_packets=max_packets,
+        client_home=home,
+        path_length=path_length,
+        relays=tuple(relays),
+    )

@@ -1,0 +1,193 @@
+"""The relay daemon: asyncio owns the UDP socket, timers, signals and the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .keystore import Keystore, KeystoreError
+from .metrics import serve_metrics
+from .relay import Relay
+from .wire import ROLE_RELAY
+
+log = logging.getLogger("ringmesh")
+ROTATE_CHECK_EVERY = 5.0
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        daemon = self.daemon
+        daemon.relay.receive_datagram(data, addr[:2], time.time())
+        daemon.flush()
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors from unreachable peers
+        self.daemon.relay.counters["dropped:socket_error"] += 1
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.keystore = Keystore(
+            config.state_dir, ROLE_RELAY, config.epoch_seconds, config.grace_seconds
+        )
+        self.keys = self.keystore.load()
+        self.relay = Relay(config, self.keys, time.time())
+        self.transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._stop = asyncio.Event()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        outbox = self.relay.outbox
+        if outbox:
+            sendto = self.transport.sendto  # type: ignore[union-attr]
+            for datagram, addr in outbox:
+                sendto(datagram, addr)
+            outbox.clear()
+        due = self.relay.next_timer()
+        if due < self._timer_at:
+            self._schedule(due)
+
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, min(due - time.time(), 3600.0))
+        self._timer_at = due
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self.relay.handle_timer(time.time())
+        self.flush()
+
+    # --- reload / rotation -------------------------------------------------------------------
+
+    def reload(self, rotated: bool = False) -> dict[str, Any]:
+        """Reload keys and [[relays]] without a restart (SIGHUP, control socket)."""
+        now = time.time()
+        try:
+            config = load_config(self.config.path)
+            self.relay.update_peers(config.relays, now)
+            self.config = config
+        except ConfigError as exc:
+            log.error("reload: keeping the old peer list: %s", exc)
+        try:
+            self.keystore.prune(now)
+            self.keys = self.keystore.load(now)
+        except KeystoreError as exc:
+            log.error("reload: keeping the old keys: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        self.relay.update_keys(self.keys, now)
+        self.flush()
+        log.info("reloaded: epoch %d, %d pinned peers", self.keys.current.epoch, len(self.relay.peers))
+        return {"ok": True, "epoch": self.keys.current.epoch}
+
+    async def _key_schedule(self) -> None:
+        """Rotate when the current epoch expires; destroy keys past their grace period."""
+        while not self._stop.is_set():
+            await asyncio.sleep(ROTATE_CHECK_EVERY)
+            now = time.time()
+            try:
+                if now >= self.keys.current.expires:
+                    self.keystore.rotate(now)
+                    self.reload()
+                elif len(self.keys.epochs) > 1 and self.keystore.prune(now):
+                    self.reload()
+            except KeystoreError as exc:
+                log.error("key schedule: %s", exc)
+
+    # --- control socket ----------------------------------------------------------------------
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            request = json.loads(line or b"{}")
+            cmd = request.get("cmd") if isinstance(request, dict) else None
+            if cmd == "status":
+                answer: dict[str, Any] = self.status()
+            elif cmd == "reload":
+                answer = self.reload()
+            else:
+                answer = {"ok": False, "error": "unknown command"}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def status(self) -> dict[str, Any]:
+        out = self.relay.status(time.time())
+        out["pid"] = os.getpid()
+        out["ok"] = True
+        return out
+
+    # --- run ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=self.config.listen
+        )
+        self.transport = transport
+        sock_path = self.config.control_socket
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._control, path=str(sock_path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        if self.config.metrics_listen is not None:
+            serve_metrics(self.config.metrics_listen, lambda: self.relay)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        schedule = asyncio.create_task(self._key_schedule())
+        self._on_timer()
+        log.info(
+            "relay %s (%s) listening on %s:%d, epoch %d, %d pinned peers",
+            self.config.name or "-",
+            self.keys.did,
+            *self.config.listen,
+            self.keys.current.epoch,
+            len(self.relay.peers),
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("stopping")
+            schedule.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            server.close()
+            transport.close()
+            with contextlib.suppress(FileNotFoundError):
+                Path(sock_path).unlink()
+
+
+def run_daemon(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=__import__("sys").stdout,
+    )
+    daemon = Daemon(config)
+    asyncio.run(daemon.run())
+    return 0

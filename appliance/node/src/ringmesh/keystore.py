@@ -1,0 +1,254 @@
+"""On-disk keystore: identity key and per-epoch link/onion keys, strict permissions.
+
+<state_dir>/keys/            0700, owned by the running user
+    identity.key             0600, 32-byte Ed25519 seed
+    epoch-00000001.json      0600, one epoch's link and onion private keys
+    .lock                    0600, serialises rotate / prune between CLI and daemon
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .descriptor import Descriptor
+from .did import did_from_public, fingerprint
+
+
+class KeystoreError(Exception):
+    """The keystore is missing, unreadable or has unsafe permissions."""
+
+
+@dataclass
+class EpochKeys:
+    epoch: int
+    created: int
+    expires: int
+    retired_at: int | None
+    link_key: Ed25519PrivateKey
+    onion_key: X25519PrivateKey
+    descriptor: Descriptor
+
+
+@dataclass
+class Keys:
+    identity: Ed25519PrivateKey
+    epochs: list[EpochKeys]  # newest first; epochs[0] is current
+
+    @property
+    def identity_public(self) -> bytes:
+        return self.identity.public_key().public_bytes_raw()
+
+    @property
+    def did(self) -> str:
+        return did_from_public(self.identity_public)
+
+    @property
+    def current(self) -> EpochKeys:
+        return self.epochs[0]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _destroy(path: Path) -> None:
+    """Overwrite then unlink (best effort on journaling / copy-on-write filesystems)."""
+    with contextlib.suppress(OSError):
+        size = path.stat().st_size
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, bytes(size))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class Keystore:
+    def __init__(self, state_dir: Path, role: int, epoch_seconds: int, grace_seconds: int):
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / "keys"
+        self.role = role
+        self.epoch_seconds = epoch_seconds
+        self.grace_seconds = grace_seconds
+
+    # --- permissions -------------------------------------------------------------------------
+
+    def _check_mode(self, path: Path, want: int) -> None:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise KeystoreError(f"{path} is missing (run 'ringmesh keys init')") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise KeystoreError(f"{path} is a symlink; refusing to use it")
+        if st.st_uid != os.geteuid():
+            raise KeystoreError(f"{path} is owned by uid {st.st_uid}, not by uid {os.geteuid()}")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeystoreError(
+                f"{path} has mode {mode:04o}, expected {want:04o} (no group/other access)"
+            )
+
+    def check_permissions(self) -> None:
+        self._check_mode(self.dir, 0o700)
+        for path in self.dir.iterdir():
+            self._check_mode(path, 0o600)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def init(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        created = False
+        if not self.dir.exists():
+            self.dir.mkdir(mode=0o700)
+            os.chmod(self.dir, 0o700)
+            created = True
+        self.check_permissions()
+        with self.locked():
+            if not (self.dir / "identity.key").exists():
+                _write_private(self.dir / "identity.key", os.urandom(32))
+                created = True
+            if not self._epoch_files():
+                self._new_epoch(1, int(now))
+                created = True
+        return "created" if created else "exists"
+
+    def load(self, now: float | None = None) -> Keys:
+        now = time.time() if now is None else now
+        self.check_permissions()
+        seed = (self.dir / "identity.key").read_bytes()
+        if len(seed) != 32:
+            raise KeystoreError(f"{self.dir / 'identity.key'}: expected a 32-byte seed")
+        identity = Ed25519PrivateKey.from_private_bytes(seed)
+        epochs = []
+        for path in self._epoch_files():
+            try:
+                record = json.loads(path.read_text())
+                epochs.append(self._epoch_from_record(identity, record))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise KeystoreError(f"{path}: unreadable epoch file ({exc})") from None
+        if not epochs:
+            raise KeystoreError(f"{self.dir} holds no epoch keys (run 'ringmesh keys init')")
+        epochs.sort(key=lambda e: e.epoch, reverse=True)
+        return Keys(identity, epochs)
+
+    def rotate(self, now: float | None = None) -> Keys:
+        now = time.time() if now is None else now
+        with self.locked():
+            keys = self.load(now)
+            current = keys.current
+            self._write_epoch(current, retired_at=int(now))
+            self._new_epoch(current.epoch + 1, int(now))
+            self._prune_locked(now)
+        return self.load(now)
+
+    def prune(self, now: float | None = None) -> list[int]:
+        now = time.time() if now is None else now
+        with self.locked():
+            return self._prune_locked(now)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _epoch_files(self) -> list[Path]:
+        return sorted(self.dir.glob("epoch-*.json"))
+
+    def _prune_locked(self, now: float) -> list[int]:
+        keys = self.load(now)
+        destroyed = []
+        for ep in keys.epochs[1:]:
+            retired = ep.retired_at if ep.retired_at is not None else ep.expires
+            if now >= retired + self.grace_seconds:
+                _destroy(self._epoch_path(ep.epoch))
+                destroyed.append(ep.epoch)
+        return destroyed
+
+    def _epoch_path(self, epoch: int) -> Path:
+        return self.dir / f"epoch-{epoch:08d}.json"
+
+    def _new_epoch(self, epoch: int, now: int) -> None:
+        record = {
+            "epoch": epoch,
+            "created": now,
+            "expires": now + self.epoch_seconds,
+            "retired_at": None,
+            "link_seed": os.urandom(32).hex(),
+            "onion_key": X25519PrivateKey.generate().private_bytes_raw().hex(),
+        }
+        _write_private(self._epoch_path(epoch), json.dumps(record).encode())
+
+    def _write_epoch(self, ep: EpochKeys, retired_at: int | None) -> None:
+        record = {
+            "epoch": ep.epoch,
+            "created": ep.created,
+            "expires": ep.expires,
+            "retired_at": retired_at,
+            "link_seed": ep.link_key.private_bytes_raw().hex(),
+            "onion_key": ep.onion_key.private_bytes_raw().hex(),
+        }
+        _write_private(self._epoch_path(ep.epoch), json.dumps(record).encode())
+
+    def _epoch_from_record(self, identity: Ed25519PrivateKey, record: dict[str, object]) -> EpochKeys:
+        epoch = int(str(record["epoch"]))
+        created = int(str(record["created"]))
+        expires = int(str(record["expires"]))
+        retired = record.get("retired_at")
+        retired_at = None if retired is None else int(str(retired))
+        link_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["link_seed"])))
+        onion_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["onion_key"])))
+        descriptor = Descriptor.sign(
+            identity,
+            role=self.role,
+            epoch=epoch,
+            valid_from=created,
+            expires=expires + self.grace_seconds,
+            link_public=link_key.public_key().public_bytes_raw(),
+            onion_public=onion_key.public_key().public_bytes_raw(),
+        )
+        return EpochKeys(epoch, created, expires, retired_at, link_key, onion_key, descriptor)
+
+
+def public_summary(keys: Keys) -> dict[str, object]:
+    cur = keys.current
+    return {
+        "did": keys.did,
+        "epoch": cur.epoch,
+        "epoch_expires": iso(cur.expires),
+        "link_key_fingerprint": fingerprint(cur.descriptor.link_public),
+        "onion_key_fingerprint": fingerprint(cur.descriptor.onion_public),
+    }

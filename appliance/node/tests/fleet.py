@@ -1,0 +1,177 @@
+"""A loopback fleet of real `ringmesh run` processes and clients, for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RINGMESH = [sys.executable, "-m", "ringmesh.cli"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ringmesh(*args: str, config: Path, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*RINGMESH, *args, "--config", str(config)],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Node:
+    name: str
+    state_dir: Path
+    config: Path
+    port: int = 0
+    metrics_port: int = 0
+    did: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    advertised_port: int = 0  # what the others dial (may be a recording proxy)
+
+
+@dataclass
+class Fleet:
+    root: Path
+    relays: list[Node] = field(default_factory=list)
+    clients: list[Node] = field(default_factory=list)
+    mean_delay_ms: int = 2
+    extra_relay_toml: str = ""
+
+    def relay_lines(self, nodes: list[Node]) -> str:
+        return "".join(
+            f'[[relays]]\ndid = "{n.did}"\naddress = "127.0.0.1:{n.advertised_port or n.port}"\n\n'
+            for n in nodes
+        )
+
+    def write_relay_config(self, node: Node, pinned: list[Node]) -> None:
+        node.config.write_text(
+            f"""[node]
+role = "relay"
+name = "{node.name}"
+state_dir = "{node.state_dir}"
+listen = "127.0.0.1:{node.port}"
+advertise = "127.0.0.1:{node.port}"
+log_level = "info"
+
+[keys]
+epoch_seconds = 86400
+grace_seconds = 3600
+
+[metrics]
+listen = "127.0.0.1:{node.metrics_port}"
+
+[mixing]
+mean_delay_ms = {self.mean_delay_ms}
+{self.extra_relay_toml}
+[mailbox]
+ttl_seconds = 600
+max_packets = 10000
+
+"""
+            + self.relay_lines(pinned)
+        )
+
+    def write_client_config(self, node: Node, home: Node) -> None:
+        node.config.write_text(
+            f"""[node]
+role = "client"
+name = "{node.name}"
+state_dir = "{node.state_dir}"
+
+[client]
+home = "{home.did}"
+
+"""
+            + self.relay_lines(self.relays)
+        )
+
+    def make_node(self, name: str) -> Node:
+        state = self.root / name
+        state.mkdir(mode=0o700)
+        node = Node(name, state, self.root / f"{name}.toml", free_udp_port(), free_tcp_port())
+        # a minimal config to run `keys init` with
+        node.config.write_text(f'[node]\nrole = "relay"\nstate_dir = "{state}"\n')
+        out = ringmesh("keys", "init", config=node.config)
+        assert out.returncode == 0, out.stderr
+        show = ringmesh("keys", "show", "--public", "--json", config=node.config)
+        node.did = json.loads(show.stdout)["did"]
+        return node
+
+    def create(self, n_relays: int, n_clients: int) -> None:
+        self.relays = [self.make_node(f"relay{i + 1}") for i in range(n_relays)]
+        for relay in self.relays:
+            self.write_relay_config(relay, self.relays)
+        self.clients = []
+        for i in range(n_clients):
+            client = self.make_node(f"client{i + 1}")
+            self.write_client_config(client, self.relays[i % n_relays])
+            self.clients.append(client)
+
+    def start(self, node: Node) -> None:
+        log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - lives with the process
+        node.proc = subprocess.Popen(
+            [*RINGMESH, "run", "--config", str(node.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start_all(self) -> None:
+        for relay in self.relays:
+            self.start(relay)
+        self.wait_peers_up(self.relays, len(self.relays) - 1)
+
+    def status(self, node: Node) -> dict[str, object] | None:
+        out = ringmesh("status", "--json", config=node.config, timeout=10)
+        if out.returncode != 0:
+            return None
+        result: dict[str, object] = json.loads(out.stdout)
+        return result
+
+    def wait_peers_up(self, nodes: list[Node], want: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self.status(n) for n in nodes]
+            if all(s is not None and int(str(s["peers_up"])) >= want for s in states):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"peers did not come up: {states}")
+
+    def stop(self, node: Node) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.terminate()
+            try:
+                node.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+
+    def stop_all(self) -> None:
+        for node in self.relays:
+            self.stop(node)
+
+    def log(self, node: Node) -> str:
+        path = self.root / f"{node.name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def env_without_proxies() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ringmesh.config import ConfigError, load_config
+from ringmesh.did import did_from_seed
+from ringmesh.keystore import Keystore, KeystoreError
+from ringmesh.wire import ROLE_RELAY
+
+DID_A = did_from_seed(bytes(32))
+DID_B = did_from_seed(bytes([1]) * 32)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = f"""
+[node]
+role = "relay"
+name = "r1"
+state_dir = "/tmp/x"
+listen = "127.0.0.1:7733"
+[mixing]
+mean_delay_ms = 20
+[[relays]]
+did = "{DID_A}"
+address = "10.0.0.1:7733"
+"""
+
+
+def test_good_config(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.relays[0].did == DID_A
+    assert cfg.mean_delay_ms == 20
+    assert cfg.metrics_listen == ("127.0.0.1", 9733)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[mixing]\nmean_delay_ms = -1\n", "mixing.mean_delay_ms"),
+        ("[mixing]\nmean_delay_ms = 'x'\n", "mixing.mean_delay_ms"),
+        ("[mixing]\nloop_rate = -0.5\n", "mixing.loop_rate"),
+        ("[node]\nrole = 'mixer'\n", "node.role"),
+        ("[node]\nlisten = 'nonsense'\n", "node.listen"),
+        ("[node]\nstate_dir = 'relative'\n", "node.state_dir"),
+        ("[node]\nbogus = 1\n", "node.bogus"),
+        ("[wat]\n", "wat"),
+        ("[keys]\nepoch_seconds = 0\n", "keys.epoch_seconds"),
+        ("[metrics]\nlisten = '1.2.3.4'\n", "metrics.listen"),
+        ("[[relays]]\ndid = 'did:key:zBAD'\naddress = '1.2.3.4:1'\n", "relays[0].did"),
+        (f"[[relays]]\ndid = '{DID_A}'\n", "relays[0].address"),
+        ("[node]\nrole = 'client'\n", "client.home"),
+        (f"[client]\nhome = '{DID_B}'\n[[relays]]\ndid = '{DID_A}'\naddress = '1.2.3.4:5'\n", "client.home"),
+        ("not toml = = =", "config"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert str(err.value).startswith(f"config error: {field}:")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ringmesh.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_config_error_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[mixing]\nmean_delay_ms = -3\n")
+    out = run_cli("status", "--config", str(path))
+    assert out.returncode == 2
+    assert "config error: mixing.mean_delay_ms: must be a non-negative integer" in out.stderr
+
+
+def keystore(tmp_path: Path) -> Keystore:
+    return Keystore(tmp_path / "state", ROLE_RELAY, epoch_seconds=100, grace_seconds=50)
+
+
+def test_init_is_idempotent_with_strict_modes(tmp_path: Path) -> None:
+    ks = keystore(tmp_path)
+    assert ks.init(now=1000) == "created"
+    assert ks.init(now=1000) == "exists"
+    assert stat.S_IMODE(ks.dir.stat().st_mode) == 0o700
+    for path in ks.dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    keys = ks.load(now=1000)
+    assert keys.current.epoch == 1
+    assert keys.current.descriptor.expires == 1000 + 100 + 50
+
+
+def test_rotate_keeps_previous_for_grace_then_destroys(tmp_path: Path) -> None:
+    ks = keystore(tmp_path)
+    ks.init(now=1000)
+    old_onion = ks.load(now=1000).current.onion_key.private_bytes_raw()
+    keys = ks.rotate(now=1010)
+    assert [e.epoch for e in keys.epochs] == [2, 1]
+    assert ks.prune(now=1059) == []
+    assert ks.prune(now=1060) == [1]
+    keys = ks.load(now=1060)
+    assert [e.epoch for e in keys.epochs] == [2]
+    assert all(old_onion.hex() not in p.read_text() for p in ks.dir.glob("epoch-*.json"))
+
+
+@pytest.mark.parametrize(("target", "mode"), [("dir", 0o755), ("dir", 0o750), ("file", 0o644)])
+def test_loose_permissions_refused(tmp_path: Path, target: str, mode: int) -> None:
+    ks = keystore(tmp_path)
+    ks.init()
+    victim = ks.dir if target == "dir" else ks.dir / "identity.key"
+    os.chmod(victim, mode)
+    with pytest.raises(KeystoreError, match="mode"):
+        ks.load()
+
+
+def test_cli_refuses_loose_keystore(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    path = write(tmp_path, f'[node]\nrole = "relay"\nstate_dir = "{state}"\n[metrics]\nlisten = ""\n')
+    assert run_cli("keys", "init", "--config", str(path)).stdout.strip() == "created"
+    assert run_cli("keys", "init", "--config", str(path)).stdout.strip() == "exists"
+    show = json.loads(run_cli("keys", "show", "--public", "--json", "--config", str(path)).stdout)
+    assert set(show) == {"did", "epoch", "epoch_expires", "link_key_fingerprint", "onion_key_fingerprint"}
+    os.chmod(state / "keys" / "identity.key", 0o640)
+    out = run_cli("run", "--config", str(path))
+    assert out.returncode == 2
+    assert "identity.key has mode 0640" in out.stderr

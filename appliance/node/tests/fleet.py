@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,7 @@ class Fleet:
     clients: list[Node] = field(default_factory=list)
     mean_delay_ms: int = 2
     extra_relay_toml: str = ""
+    proxies: list[RecordingProxy] = field(default_factory=list)
 
     def relay_lines(self, nodes: list[Node]) -> str:
         return "".join(
@@ -116,8 +119,13 @@ home = "{home.did}"
         node.did = json.loads(show.stdout)["did"]
         return node
 
-    def create(self, n_relays: int, n_clients: int) -> None:
+    def create(self, n_relays: int, n_clients: int, proxies: bool = False) -> None:
         self.relays = [self.make_node(f"relay{i + 1}") for i in range(n_relays)]
+        if proxies:
+            for relay in self.relays:
+                proxy = RecordingProxy(relay.port)
+                self.proxies.append(proxy)
+                relay.advertised_port = proxy.port
         for relay in self.relays:
             self.write_relay_config(relay, self.relays)
         self.clients = []
@@ -167,11 +175,57 @@ home = "{home.did}"
     def stop_all(self) -> None:
         for node in self.relays:
             self.stop(node)
+        for proxy in self.proxies:
+            proxy.close()
+
+    def captured(self) -> list[bytes]:
+        return [d for p in self.proxies for d in p.captured]
 
     def log(self, node: Node) -> str:
         path = self.root / f"{node.name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def env_without_proxies() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+class RecordingProxy:
+    """A UDP forwarder in front of one relay that records every datagram in both directions:
+    the eavesdropper's view of the wire."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.captured: list[bytes] = []
+        self._upstream: dict[tuple[str, int], socket.socket] = {}
+        self._back: dict[socket.socket, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.sock, *self._back], [], [], 0.1)
+            for sock in readable:
+                try:
+                    data, src = sock.recvfrom(65536)
+                except OSError:
+                    continue
+                self.captured.append(data)
+                if sock is self.sock:
+                    up = self._upstream.get(src)
+                    if up is None:
+                        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        up.bind(("127.0.0.1", 0))
+                        self._upstream[src] = up
+                        self._back[up] = src
+                    with contextlib.suppress(OSError):
+                        up.sendto(data, self.target)
+                else:
+                    with contextlib.suppress(OSError):
+                        self.sock.sendto(data, self._back[sock])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for sock in [self.sock, *self._back]:
+            sock.close()

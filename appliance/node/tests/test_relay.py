@@ -130,7 +130,7 @@ def test_relays_peer_and_deliver_a_message(tmp_path: Path) -> None:
     x_key = ed25519_seed_to_x25519(alice.identity.private_bytes_raw())
     r = m.Reassembler()
     done = [
-        r.add(m.parse_fragment(m.open_envelope(x_key, item[NODE_ID_LEN:])), 0.0) for item in items
+        r.add(m.parse_fragment(m.open_envelope(x_key, item[NODE_ID_LEN : NODE_ID_LEN + m.PAYLOAD_LEN])), 0.0) for item in items
     ]
     assert [d.body for d in done if d is not None] == [body]
     assert all(len(d) == DATAGRAM_SIZE for d in net.wire)

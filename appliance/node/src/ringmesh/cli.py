@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import json
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -142,10 +143,14 @@ def cmd_recv(args: argparse.Namespace, config: Config) -> int:
     keys = _keystore(config).load()
 
     async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop waiting, print what arrived
+            loop.add_signal_handler(sig, stop.set)
         node = ClientNode(config, keys)
         await node.start()
         try:
-            messages = await receive_messages(node, args.wait, args.count)
+            messages = await receive_messages(node, args.wait, args.count, stop=stop)
         finally:
             await node.close()
         if args.json:

@@ -275,7 +275,11 @@ async def send_message(
 
 
 async def receive_messages(
-    node: ClientNode, wait: float, count: int | None, quiet: float = 0.5
+    node: ClientNode,
+    wait: float,
+    count: int | None,
+    quiet: float = 0.5,
+    stop: asyncio.Event | None = None,
 ) -> list[m.Complete]:
     """Claim the user's mailbox at the home relay and collect whole messages, acking each."""
     assert node.config.client_home is not None
@@ -296,7 +300,7 @@ async def receive_messages(
             header, key = reply[: -m.ACK_KEY_LEN], reply[-m.ACK_KEY_LEN :]
             node.send(session, bytes([MSG_ONION]) + header + m.seal_ack(key, message_id))
 
-    while True:
+    while stop is None or not stop.is_set():
         now = time.monotonic()
         if count is not None and len(done) >= count:
             break
@@ -308,7 +312,7 @@ async def receive_messages(
         getter = asyncio.ensure_future(node.items.get())
         syncer = asyncio.ensure_future(node.syncs.get())
         finished, pending = await asyncio.wait(
-            {getter, syncer}, timeout=min(left, quiet), return_when=asyncio.FIRST_COMPLETED
+            {getter, syncer}, timeout=min(left, quiet, 0.25), return_when=asyncio.FIRST_COMPLETED
         )
         for task in pending:
             task.cancel()

@@ -49,19 +49,21 @@ PEER_UP_WITHIN = 20.0
 RECONNECT_BACKOFF = 3.0
 DESCRIPTORS_PER_MESSAGE = 7
 MAX_MAILBOXES = 100_000
+OWNER_LIVE = 12.0  # a claiming client sends keepalives every 5 s; silent longer: hold packets
 
 
 @dataclass
 class Peer:
     entry: RelayEntry
-    session: Session | None = None
+    session: Session | None = None  # the one we send on
+    # Both ends may initiate, so a pair can hold two sessions; the peer may talk on either.
+    sessions: list[Session] = field(default_factory=list)
     handshake: bytes | None = None
     next_attempt: float = 0.0
     descriptor: Descriptor | None = None
 
     def up(self, now: float) -> bool:
-        s = self.session
-        return s is not None and s.ready and now - s.last_recv < PEER_UP_WITHIN
+        return any(s.ready and now - s.last_recv < PEER_UP_WITHIN for s in self.sessions)
 
 
 @dataclass
@@ -144,16 +146,16 @@ class Relay:
         if old_epoch is not None and old_epoch != keys.current.epoch:
             announce = bytes([MSG_DESCRIPTOR]) + keys.current.descriptor.encode()
             for peer in self.peers.values():
-                if peer.session is not None:
-                    self.link.send(peer.session, announce)
+                for session in peer.sessions:
+                    self.link.send(session, announce)
 
     def update_peers(self, relays: tuple[RelayEntry, ...], now: float) -> None:
         wanted = {r.identity: r for r in relays if r.identity != self.identity}
         for identity in list(self.peers):
             if identity not in wanted:
                 peer = self.peers.pop(identity)
-                if peer.session is not None:
-                    self.link.close(peer.session)
+                for session in list(peer.sessions):
+                    self.link.close(session)
         for identity, entry in wanted.items():
             if identity in self.peers:
                 self.peers[identity].entry = entry
@@ -252,7 +254,8 @@ class Relay:
                 self.counters["dropped:mailbox_full"] += 1
                 return
             box = self.mailboxes[mailbox_id] = Mailbox()
-        if box.owner is not None and box.owner_expires > now:
+        owner = box.owner
+        if owner is not None and box.owner_expires > now and now - owner.last_recv < OWNER_LIVE:
             self.link.send(box.owner, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + payload)
             self.counters["mailbox_handed_over"] += 1
             return
@@ -318,14 +321,17 @@ class Relay:
                 if peer is not None:
                     if peer.descriptor is None or s.peer.epoch >= peer.descriptor.epoch:
                         peer.descriptor = s.peer
-                    if peer.session is None or not peer.up(now) or s.initiator:
+                    peer.sessions.append(s)
+                    if peer.session is None or s.initiator:
                         peer.session = s
                     peer.handshake = None
             elif isinstance(event, SessionDown):
                 s = event.session
                 for peer in self.peers.values():
+                    if s in peer.sessions:
+                        peer.sessions.remove(s)
                     if peer.session is s:
-                        peer.session = None
+                        peer.session = peer.sessions[-1] if peer.sessions else None
                 for box in self.mailboxes.values():
                     if box.owner is s:
                         box.owner = None
@@ -369,12 +375,16 @@ class Relay:
     def _maintain(self, now: float) -> None:
         self.link.tick(now)
         for peer in self.peers.values():
-            session = peer.session
-            if session is not None and session.ready:
-                if now - session.last_send >= KEEPALIVE_EVERY:
+            for session in list(peer.sessions):
+                if now - session.last_recv > 1.5 * PEER_UP_WITHIN:  # peer restarted or gone
+                    self.link.close(session)
+                    continue
+                if session.ready and now - session.last_send >= KEEPALIVE_EVERY:
                     self.link.send(session, bytes([MSG_KEEPALIVE]))
                     session.last_send = now
-            elif (
+            if self.link.events:
+                self._drain_events(now)
+            if peer.session is None and (
                 (peer.handshake is None or not self.link.handshake_pending(peer.handshake))
                 and now >= peer.next_attempt
             ):

@@ -28,7 +28,9 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ringmesh(*args: str, config: Path, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def ringmesh(
+    *args: str, config: Path, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [*RINGMESH, *args, "--config", str(config)],
         input=stdin,

@@ -10,7 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ringmesh.descriptor import Descriptor
 
 
-def credentials(role: int, epoch: int = 1, identity: Ed25519PrivateKey | None = None) -> tuple[Descriptor, Ed25519PrivateKey]:
+def credentials(
+    role: int, epoch: int = 1, identity: Ed25519PrivateKey | None = None
+) -> tuple[Descriptor, Ed25519PrivateKey]:
     identity = identity or Ed25519PrivateKey.generate()
     link = Ed25519PrivateKey.generate()
     onion = X25519PrivateKey.generate()

@@ -61,7 +61,10 @@ def test_good_config(tmp_path: Path) -> None:
         ("[[relays]]\ndid = 'did:key:zBAD'\naddress = '1.2.3.4:1'\n", "relays[0].did"),
         (f"[[relays]]\ndid = '{DID_A}'\n", "relays[0].address"),
         ("[node]\nrole = 'client'\n", "client.home"),
-        (f"[client]\nhome = '{DID_B}'\n[[relays]]\ndid = '{DID_A}'\naddress = '1.2.3.4:5'\n", "client.home"),
+        (
+            f"[client]\nhome = '{DID_B}'\n[[relays]]\ndid = '{DID_A}'\naddress = '1.2.3.4:5'\n",
+            "client.home",
+        ),
         ("not toml = = =", "config"),
     ],
 )
@@ -125,11 +128,19 @@ def test_loose_permissions_refused(tmp_path: Path, target: str, mode: int) -> No
 
 def test_cli_refuses_loose_keystore(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    path = write(tmp_path, f'[node]\nrole = "relay"\nstate_dir = "{state}"\n[metrics]\nlisten = ""\n')
+    path = write(
+        tmp_path, f'[node]\nrole = "relay"\nstate_dir = "{state}"\n[metrics]\nlisten = ""\n'
+    )
     assert run_cli("keys", "init", "--config", str(path)).stdout.strip() == "created"
     assert run_cli("keys", "init", "--config", str(path)).stdout.strip() == "exists"
     show = json.loads(run_cli("keys", "show", "--public", "--json", "--config", str(path)).stdout)
-    assert set(show) == {"did", "epoch", "epoch_expires", "link_key_fingerprint", "onion_key_fingerprint"}
+    assert set(show) == {
+        "did",
+        "epoch",
+        "epoch_expires",
+        "link_key_fingerprint",
+        "onion_key_fingerprint",
+    }
     os.chmod(state / "keys" / "identity.key", 0o640)
     out = run_cli("run", "--config", str(path))
     assert out.returncode == 2

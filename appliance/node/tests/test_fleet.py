@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fleet import RINGMESH, Fleet, Node, ringmesh
 
 MARKER = b"RINGMESH-PLAINTEXT-MARKER-"
@@ -52,8 +51,17 @@ def finish_recv(proc: subprocess.Popen[bytes], timeout: float = 120) -> list[byt
 def send(f: Fleet, body: bytes, timeout: float = 40) -> dict[str, object]:
     sender, recipient = f.clients
     out = ringmesh(
-        "send", "--to", recipient.did, "--home", f.relays[1].did, "--json",
-        "--timeout", str(timeout), config=sender.config, stdin=body, timeout=timeout + 30,
+        "send",
+        "--to",
+        recipient.did,
+        "--home",
+        f.relays[1].did,
+        "--json",
+        "--timeout",
+        str(timeout),
+        config=sender.config,
+        stdin=body,
+        timeout=timeout + 30,
     )
     assert out.stdout, out.stderr.decode()
     result: dict[str, object] = json.loads(out.stdout)
@@ -121,7 +129,7 @@ def test_prometheus_metrics_are_exported(fleet: Fleet) -> None:
     import urllib.request
 
     url = f"http://127.0.0.1:{fleet.relays[0].metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()  # noqa: S310 - loopback
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     for name in (
         'ringmesh_packets_total{direction="in"}',
         'ringmesh_packets_dropped_total{reason="bad_size"}',
@@ -189,8 +197,17 @@ def test_sigterm_and_sighup(fleet: Fleet) -> None:
 def test_recv_after_the_fact_gets_held_messages(fleet: Fleet, tmp_path: Path) -> None:
     sender, recipient = fleet.clients
     out = ringmesh(
-        "send", "--to", recipient.did, "--home", fleet.relays[1].did, "--json",
-        "--timeout", "3", config=sender.config, stdin=b"held for later", timeout=30,
+        "send",
+        "--to",
+        recipient.did,
+        "--home",
+        fleet.relays[1].did,
+        "--json",
+        "--timeout",
+        "3",
+        config=sender.config,
+        stdin=b"held for later",
+        timeout=30,
     )
     assert json.loads(out.stdout)["acked"] is False  # nobody was there to acknowledge
     got = ringmesh("recv", config=recipient.config)
@@ -218,4 +235,6 @@ def test_killing_a_relay_on_the_path_still_delivers(fleet: Fleet) -> None:
     assert all(r["acked"] for r in results), results
     # At least one send lost its first path through the dead relay and was retransmitted.
     assert any(int(str(r["attempts"])) > 1 for r in results), results
-    assert sorted(set(received)) == sorted(f"after the crash {i}".encode() for i in range(len(results)))
+    assert sorted(set(received)) == sorted(
+        f"after the crash {i}".encode() for i in range(len(results))
+    )

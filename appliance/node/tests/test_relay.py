@@ -22,6 +22,7 @@ from ringmesh.wire import (
     MSG_MAILBOX_ITEM,
     MSG_ONION,
     NODE_ID_LEN,
+    PAYLOAD_LEN,
     ROLE_CLIENT,
     ROLE_RELAY,
 )
@@ -41,7 +42,8 @@ class Net:
             self.keys.append(store.load(self.now))
         self.addrs: list[Addr] = [("10.0.0.1", 7000 + i) for i in range(n)]
         relays = [
-            {"did": k.did, "address": f"{a[0]}:{a[1]}"} for k, a in zip(self.keys, self.addrs, strict=True)
+            {"did": k.did, "address": f"{a[0]}:{a[1]}"}
+            for k, a in zip(self.keys, self.addrs, strict=True)
         ]
         self.relays: dict[Addr, Relay] = {}
         for k, a in zip(self.keys, self.addrs, strict=True):
@@ -130,7 +132,11 @@ def test_relays_peer_and_deliver_a_message(tmp_path: Path) -> None:
     x_key = ed25519_seed_to_x25519(alice.identity.private_bytes_raw())
     r = m.Reassembler()
     done = [
-        r.add(m.parse_fragment(m.open_envelope(x_key, item[NODE_ID_LEN : NODE_ID_LEN + m.PAYLOAD_LEN])), 0.0) for item in items
+        r.add(
+            m.parse_fragment(m.open_envelope(x_key, item[NODE_ID_LEN : NODE_ID_LEN + PAYLOAD_LEN])),
+            0.0,
+        )
+        for item in items
     ]
     assert [d.body for d in done if d is not None] == [body]
     assert all(len(d) == DATAGRAM_SIZE for d in net.wire)
@@ -138,7 +144,7 @@ def test_relays_peer_and_deliver_a_message(tmp_path: Path) -> None:
     assert net.relays[net.addrs[1]].counters["packets_in"] == 3
 
     # The same onion packet replayed into relay 0 is dropped by the per-epoch replay cache.
-    _, packet = build_packet(hops, CMD_DELIVER, mailbox, os.urandom(m.PAYLOAD_LEN))
+    _, packet = build_packet(hops, CMD_DELIVER, mailbox, os.urandom(PAYLOAD_LEN))
     sender.send(s0, bytes([MSG_ONION]) + packet)
     sender.send(s0, bytes([MSG_ONION]) + packet)
     net.run(0.5)
@@ -159,7 +165,9 @@ def test_rotation_keeps_old_onion_key_for_grace(tmp_path: Path) -> None:
     assert relay0.peers[net.keys[1].identity_public].descriptor.epoch == 2  # type: ignore[union-attr]
     # A packet built for the old onion key still unwraps during the grace period.
     mailbox = os.urandom(16)
-    _, packet = build_packet([Hop(old.node_id, old.onion_key())], CMD_DELIVER, mailbox, bytes(m.PAYLOAD_LEN))
+    _, packet = build_packet(
+        [Hop(old.node_id, old.onion_key())], CMD_DELIVER, mailbox, bytes(PAYLOAD_LEN)
+    )
     client, _ = net.client(("10.0.0.7", 1), net.keys[0])
     client.connect(net.addrs[1], None, net.now)
     net.run(0.3)

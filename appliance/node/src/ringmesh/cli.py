@@ -25,7 +25,9 @@ def _keystore(config: Config) -> Keystore:
     return Keystore(config.state_dir, role, config.epoch_seconds, config.grace_seconds)
 
 
-def control_request(config: Config, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any] | None:
+def control_request(
+    config: Config, request: dict[str, Any], timeout: float = 5.0
+) -> dict[str, Any] | None:
     """Ask the running daemon over its control socket; None when nothing answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -128,7 +130,16 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         finally:
             await node.close()
         if args.json:
-            print(json.dumps({"message_id": result.message_id.hex(), "acked": result.acked, "bytes": len(body), "attempts": result.attempts}))
+            print(
+                json.dumps(
+                    {
+                        "message_id": result.message_id.hex(),
+                        "acked": result.acked,
+                        "bytes": len(body),
+                        "attempts": result.attempts,
+                    }
+                )
+            )
         elif not result.acked:
             print("not acknowledged", file=sys.stderr)
         return 0 if result.acked else 1
@@ -154,7 +165,10 @@ def cmd_recv(args: argparse.Namespace, config: Config) -> int:
         finally:
             await node.close()
         if args.json:
-            out = [{"id": c.message_id.hex(), "body_b64": base64.b64encode(c.body).decode()} for c in messages]
+            out = [
+                {"id": c.message_id.hex(), "body_b64": base64.b64encode(c.body).decode()}
+                for c in messages
+            ]
             print(json.dumps({"messages": out}))
         else:
             for c in messages:
@@ -173,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", default=False, help="machine-readable output")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help="node.toml")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"
+    )
     parser = argparse.ArgumentParser(prog="ringmesh", parents=[top], description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     keys = sub.add_parser("keys", parents=[common], help="keystore")
@@ -189,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--home", required=True, help="recipient's home relay did:key")
     send.add_argument("--file", help="read the message from FILE instead of stdin")
     send.add_argument("--timeout", type=float, default=30.0, help="give up after SECONDS")
-    send.add_argument("--retransmit", type=float, default=3.0, help="retry another path after SECONDS")
+    send.add_argument(
+        "--retransmit", type=float, default=3.0, help="retry another path after SECONDS"
+    )
     recv = sub.add_parser("recv", parents=[common], help="fetch messages held at the home relay")
     recv.add_argument("--wait", type=float, default=0.0, help="wait up to SECONDS for messages")
     recv.add_argument("--count", type=int, help="return once COUNT messages arrived")

@@ -110,7 +110,9 @@ class ClientNode:
             session, plain = result
             kind, body = plain[0], plain[1:]
             if kind == MSG_MAILBOX_ITEM:
-                self.items.put_nowait((body[:NODE_ID_LEN], body[NODE_ID_LEN : NODE_ID_LEN + PAYLOAD_LEN]))
+                self.items.put_nowait(
+                    (body[:NODE_ID_LEN], body[NODE_ID_LEN : NODE_ID_LEN + PAYLOAD_LEN])
+                )
             elif kind == MSG_MAILBOX_SYNC:
                 self.syncs.put_nowait(body[:NODE_ID_LEN])
             elif kind == MSG_DESCRIPTORS:
@@ -202,9 +204,10 @@ class ClientNode:
                 desc.check_valid(now)
             except DescriptorError:
                 continue
-            if desc.identity in self.pinned and desc.role == ROLE_RELAY:
-                if desc.identity not in out or desc.epoch > out[desc.identity].epoch:
-                    out[desc.identity] = desc
+            if desc.identity not in self.pinned or desc.role != ROLE_RELAY:
+                continue  # only relays this config pins
+            if desc.identity not in out or desc.epoch > out[desc.identity].epoch:
+                out[desc.identity] = desc
         return out
 
 

@@ -94,7 +94,9 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         self.relay.update_keys(self.keys, now)
         self.flush()
-        log.info("reloaded: epoch %d, %d pinned peers", self.keys.current.epoch, len(self.relay.peers))
+        log.info(
+            "reloaded: epoch %d, %d pinned peers", self.keys.current.epoch, len(self.relay.peers)
+        )
         return {"ok": True, "epoch": self.keys.current.epoch}
 
     async def _key_schedule(self) -> None:

@@ -134,9 +134,7 @@ class Response:
     th2: bytes
 
 
-def respond(
-    init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKey
-) -> Response:
+def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKey) -> Response:
     """The expensive step (KEM encapsulation, X25519, signature): run only after the cookie."""
     i_x = init.body[SID_LEN : SID_LEN + X25519_LEN]
     i_ek = init.body[SID_LEN + X25519_LEN :]
@@ -150,7 +148,12 @@ def respond(
     r_sid = os.urandom(SID_LEN)
     r_desc = descriptor.encode()
     th = hashlib.sha256(
-        b"ringmesh-hs-v1" + init.body + r_sid + r_x.public_key().public_bytes_raw() + kem_ct + r_desc
+        b"ringmesh-hs-v1"
+        + init.body
+        + r_sid
+        + r_x.public_key().public_bytes_raw()
+        + kem_ct
+        + r_desc
     ).digest()
     r_sig = link_key.sign(b"resp" + th)
     datagram = pad(

@@ -223,7 +223,9 @@ class Keystore:
         }
         _write_private(self._epoch_path(ep.epoch), json.dumps(record).encode())
 
-    def _epoch_from_record(self, identity: Ed25519PrivateKey, record: dict[str, object]) -> EpochKeys:
+    def _epoch_from_record(
+        self, identity: Ed25519PrivateKey, record: dict[str, object]
+    ) -> EpochKeys:
         epoch = int(str(record["epoch"]))
         created = int(str(record["created"]))
         expires = int(str(record["expires"]))

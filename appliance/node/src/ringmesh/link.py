@@ -167,7 +167,9 @@ class LinkEndpoint:
     def connect(self, addr: Addr, expected_identity: bytes | None, now: float) -> bytes:
         """Start a handshake; returns its id. Messages given to `queue_for` wait for it."""
         state = hs.InitiatorState.new()
-        self._initiating[state.sid] = _Initiating(state, addr, expected_identity, now + HANDSHAKE_RETRY)
+        self._initiating[state.sid] = _Initiating(
+            state, addr, expected_identity, now + HANDSHAKE_RETRY
+        )
         self.outbox.append((state.init_datagram(), addr))
         return state.sid
 

@@ -53,12 +53,24 @@ class RelayCollector(Collector):
         yield cover
         now = time.time()
         for name, doc, value in (
-            ("ringmesh_queue_depth", "Packets waiting in the mixing delay queue", relay.queue_depth()),
+            (
+                "ringmesh_queue_depth",
+                "Packets waiting in the mixing delay queue",
+                relay.queue_depth(),
+            ),
             ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailbox_depth()),
             ("ringmesh_mailboxes", "Mailboxes in memory", len(relay.mailboxes)),
-            ("ringmesh_peers_up", "Pinned relay peers with a live session", sum(p.up(now) for p in relay.peers.values())),
+            (
+                "ringmesh_peers_up",
+                "Pinned relay peers with a live session",
+                sum(p.up(now) for p in relay.peers.values()),
+            ),
             ("ringmesh_key_epoch", "Current key epoch", relay.keys.current.epoch),
-            ("ringmesh_key_epoch_expiry_timestamp_seconds", "When the current key epoch expires", relay.keys.current.expires),
+            (
+                "ringmesh_key_epoch_expiry_timestamp_seconds",
+                "When the current key epoch expires",
+                relay.keys.current.expires,
+            ),
         ):
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], value)

@@ -25,7 +25,6 @@ from .onion import Hop, OnionError, build_packet, peel
 from .replay import ReplayCache
 from .wire import (
     ALPHA_LEN,
-    CMD_DELIVER,
     CMD_DROP,
     CMD_FORWARD,
     MSG_CLAIM_REPLY,
@@ -86,7 +85,9 @@ def encode_descriptors(descriptors: list[Descriptor]) -> list[bytes]:
     out = []
     for i in range(0, max(total, 1), DESCRIPTORS_PER_MESSAGE):
         chunk = descriptors[i : i + DESCRIPTORS_PER_MESSAGE]
-        out.append(bytes([MSG_DESCRIPTORS, total, len(chunk)]) + b"".join(d.encode() for d in chunk))
+        out.append(
+            bytes([MSG_DESCRIPTORS, total, len(chunk)]) + b"".join(d.encode() for d in chunk)
+        )
     return out
 
 
@@ -97,7 +98,9 @@ def decode_descriptors(body: bytes) -> tuple[int, list[bytes]]:
     total, count = body[0], body[1]
     if count > DESCRIPTORS_PER_MESSAGE or 2 + count * DESCRIPTOR_LEN > len(body):
         raise ValueError("bad descriptors count")
-    return total, [body[2 + i * DESCRIPTOR_LEN : 2 + (i + 1) * DESCRIPTOR_LEN] for i in range(count)]
+    return total, [
+        body[2 + i * DESCRIPTOR_LEN : 2 + (i + 1) * DESCRIPTOR_LEN] for i in range(count)
+    ]
 
 
 class Relay:
@@ -256,7 +259,7 @@ class Relay:
             box = self.mailboxes[mailbox_id] = Mailbox()
         owner = box.owner
         if owner is not None and box.owner_expires > now and now - owner.last_recv < OWNER_LIVE:
-            self.link.send(box.owner, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + payload)
+            self.link.send(owner, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + payload)
             self.counters["mailbox_handed_over"] += 1
             return
         if len(box.items) >= self.config.mailbox_max_packets:
@@ -409,7 +412,11 @@ class Relay:
         if not live:
             return
         self.rng.shuffle(live)
-        hops = [Hop(node_id(p.entry.identity), p.descriptor.onion_key()) for p in live[:2] if p.descriptor]
+        hops = [
+            Hop(node_id(p.entry.identity), p.descriptor.onion_key())
+            for p in live[:2]
+            if p.descriptor
+        ]
         if loop:
             hops.append(Hop(self.node_id, self.keys.current.descriptor.onion_key()))
         _, packet = build_packet(hops, CMD_DROP, os.urandom(NODE_ID_LEN), os.urandom(PAYLOAD_LEN))
@@ -435,7 +442,11 @@ class Relay:
     def status(self, now: float) -> dict[str, object]:
         cur = self.keys.current
         peers = [
-            {"did": p.entry.did, "address": f"{p.entry.address[0]}:{p.entry.address[1]}", "up": p.up(now)}
+            {
+                "did": p.entry.did,
+                "address": f"{p.entry.address[0]}:{p.entry.address[1]}",
+                "up": p.up(now),
+            }
             for p in self.peers.values()
         ]
         return {

@@ -1,0 +1,69 @@
+"""Behaviour of a converged relay (after side_effect.yml changed its log level)."""
+
+import json
+
+import testinfra
+
+RINGMESH = "/opt/ringmesh/venv/bin/ringmesh"
+CONFIG = "/etc/ringmesh/node.toml"
+
+
+def _as_ringmesh(host: testinfra.host.Host, args: str) -> testinfra.backend.base.CommandResult:
+    return host.run(f"runuser -u ringmesh -- {RINGMESH} {args} --config {CONFIG}")
+
+
+def _node_pid(host: testinfra.host.Host) -> int:
+    return int(host.check_output("supervisorctl pid ringmesh"))
+
+
+def test_node_runs_under_supervisor_as_ringmesh(host: testinfra.host.Host) -> None:
+    node = host.process.get(pid=_node_pid(host))
+    assert node.user == "ringmesh"
+    assert f"run --config {CONFIG}" in node.args
+    assert host.process.get(pid=node.ppid).comm == "supervisord"
+
+
+def test_ringmesh_user_cannot_log_in(host: testinfra.host.Host) -> None:
+    user = host.user("ringmesh")
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.home == "/var/lib/ringmesh"
+
+
+def test_status_answers_with_the_hosts_own_identity(host: testinfra.host.Host) -> None:
+    status = _as_ringmesh(host, "status --json")
+    assert status.rc == 0, status.stderr
+    identity = json.loads(_as_ringmesh(host, "keys show --public --json").stdout)
+    assert json.loads(status.stdout)["did"] == identity["did"]
+    assert identity["did"].startswith("did:key:z6Mk")
+
+
+def test_config_pins_this_relay_and_is_not_world_readable(host: testinfra.host.Host) -> None:
+    identity = json.loads(_as_ringmesh(host, "keys show --public --json").stdout)
+    assert identity["did"] in host.file(CONFIG).content_string
+    assert host.run(f"runuser -u nobody -- cat {CONFIG}").rc != 0
+
+
+def test_keystore_is_private_to_ringmesh(host: testinfra.host.Host) -> None:
+    keys = host.file("/var/lib/ringmesh/keys")
+    assert keys.user == "ringmesh"
+    assert keys.mode == 0o700
+
+
+def test_relay_listens_on_udp_and_metrics_on_loopback(host: testinfra.host.Host) -> None:
+    assert host.socket("udp://0.0.0.0:7733").is_listening
+    metrics = host.run(
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9733/metrics').read().decode())\""
+    )
+    assert metrics.rc == 0, metrics.stderr
+    assert "# TYPE" in metrics.stdout
+
+
+def test_config_change_reloaded_without_restart(host: testinfra.host.Host) -> None:
+    assert 'log_level = "debug"' in host.file(CONFIG).content_string
+    before = int(host.file("/root/ringmesh.pid").content_string.strip())
+    assert _node_pid(host) == before
+
+
+def test_node_reinstalls_offline_from_the_wheelhouse(host: testinfra.host.Host) -> None:
+    result = host.run("/opt/ringmesh/venv/bin/pip install --no-index --find-links /opt/ringmesh/wheelhouse --dry-run ringmesh")
+    assert result.rc == 0, result.stderr

@@ -117,3 +117,15 @@ def test_random_packets_are_rejected_cleanly(data: bytes) -> None:
         return  # low-order point: the relay counts it as a bad packet
     with pytest.raises(OnionError):
         peel(shared, data)
+
+
+def test_fast_paths_match_the_public_api() -> None:
+    from ringmesh import onion
+
+    key, data = os.urandom(32), os.urandom(1000)
+    assert onion.keystream_xor(key, data) == onion._public_keystream_xor(key, data)
+    raw = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    secret = X25519PrivateKey.generate()
+    assert secret.exchange(onion.x25519_public(raw)) == secret.exchange(onion._public_x25519(raw))
+    with pytest.raises(ValueError):
+        onion.x25519_public(b"short")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,17 +24,8 @@ log = logging.getLogger("ringmesh")
 ROTATE_CHECK_EVERY = 5.0
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        daemon = self.daemon
-        daemon.relay.receive_datagram(data, addr[:2], time.time())
-        daemon.flush()
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors from unreachable peers
-        self.daemon.relay.counters["dropped:socket_error"] += 1
+READ_BATCH = 64  # datagrams handled per wake-up before the replies are flushed
+SOCKET_BUFFER = 4 << 20
 
 
 class Daemon:
@@ -43,19 +36,39 @@ class Daemon:
         )
         self.keys = self.keystore.load()
         self.relay = Relay(config, self.keys, time.time())
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._stop = asyncio.Event()
 
     # --- plumbing ----------------------------------------------------------------------------
 
+    def _on_readable(self) -> None:
+        """Drain a batch of datagrams straight from the socket (one wake-up, many packets)."""
+        sock = self.sock
+        assert sock is not None
+        receive = self.relay.receive_datagram
+        now = time.time()
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ICMP errors from unreachable peers surface here
+                self.relay.counters["dropped:socket_error"] += 1
+                continue
+            receive(data, addr[:2], now)
+        self.flush()
+
     def flush(self) -> None:
         outbox = self.relay.outbox
         if outbox:
-            sendto = self.transport.sendto  # type: ignore[union-attr]
+            sendto = self.sock.sendto  # type: ignore[union-attr]
             for datagram, addr in outbox:
-                sendto(datagram, addr)
+                try:
+                    sendto(datagram, addr)
+                except OSError:  # full send buffer or unreachable: UDP may drop
+                    self.relay.counters["dropped:send_failed"] += 1
             outbox.clear()
         due = self.relay.next_timer()
         if due < self._timer_at:
@@ -143,10 +156,15 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=self.config.listen
-        )
-        self.transport = transport
+        host = self.config.listen[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind(self.config.listen)
+        sock.setblocking(False)
+        self.sock = sock
+        loop.add_reader(sock.fileno(), self._on_readable)
         sock_path = self.config.control_socket
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
@@ -162,6 +180,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         schedule = asyncio.create_task(self._key_schedule())
+        gc.freeze()  # start-up objects leave the collector's young generations
         self._on_timer()
         log.info(
             "relay %s (%s) listening on %s:%d, epoch %d, %d pinned peers",
@@ -179,7 +198,8 @@ class Daemon:
             if self._timer is not None:
                 self._timer.cancel()
             server.close()
-            transport.close()
+            loop.remove_reader(sock.fileno())
+            sock.close()
             with contextlib.suppress(FileNotFoundError):
                 Path(sock_path).unlink()
 

@@ -14,14 +14,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .config import Config, RelayEntry
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
 from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
 from .keystore import Keys, iso
 from .link import HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
-from .onion import Hop, OnionError, build_packet, peel
+from .onion import Hop, OnionError, build_packet, peel, x25519_public
 from .replay import ReplayCache
 from .wire import (
     ALPHA_LEN,
@@ -194,7 +194,7 @@ class Relay:
 
     def _on_onion(self, packet: bytes, now: float) -> None:
         try:
-            alpha = X25519PublicKey.from_public_bytes(packet[:ALPHA_LEN])
+            alpha = x25519_public(packet[:ALPHA_LEN])
         except ValueError:
             self.counters["dropped:bad_onion"] += 1
             return

@@ -31,7 +31,9 @@ Addr = tuple[str, int]
 
 
 class Net:
-    def __init__(self, tmp: Path, n: int, mean_delay_ms: int = 0) -> None:
+    def __init__(
+        self, tmp: Path, n: int, mean_delay_ms: int = 0, loop_rate: float = 0, drop_rate: float = 0
+    ) -> None:
         self.now = time.time()
         self.keys: list[Keys] = []
         self.stores: list[Keystore] = []
@@ -47,7 +49,8 @@ class Net:
         ]
         self.relays: dict[Addr, Relay] = {}
         for k, a in zip(self.keys, self.addrs, strict=True):
-            raw = {"mixing": {"mean_delay_ms": mean_delay_ms}, "relays": relays}
+            mixing = {"mean_delay_ms": mean_delay_ms, "loop_rate": loop_rate, "drop_rate": drop_rate}
+            raw = {"mixing": mixing, "relays": relays}
             cfg = parse_config(raw, tmp / "x.toml")
             self.relays[a] = Relay(cfg, k, self.now)
         self.clients: dict[Addr, tuple[LinkEndpoint, list[tuple[Session, bytes]]]] = {}
@@ -178,3 +181,18 @@ def test_rotation_keeps_old_onion_key_for_grace(tmp_path: Path) -> None:
     net.stores[1].prune(net.now + 10_000)
     relay1.update_keys(net.stores[1].load(net.now), net.now)
     assert [k.epoch for k in relay1.onion_keys] == [2]
+
+
+def test_cover_traffic_loops_back_and_drops(tmp_path: Path) -> None:
+    net = Net(tmp_path, 3, mean_delay_ms=5, loop_rate=10.0, drop_rate=10.0)
+    net.run(4.0)
+    totals = {
+        key: sum(r.counters[key] for r in net.relays.values())
+        for key in ("cover_sent_loop", "cover_sent_drop", "cover_received")
+    }
+    assert totals["cover_sent_loop"] > 10
+    assert totals["cover_sent_drop"] > 10
+    # every cover packet sent (minus the few still in flight) came out as cover somewhere
+    assert totals["cover_received"] >= 0.8 * (totals["cover_sent_loop"] + totals["cover_sent_drop"])
+    assert all(len(d) == DATAGRAM_SIZE for d in net.wire)
+    assert not any(k.startswith("dropped:") for r in net.relays.values() for k in r.counters)

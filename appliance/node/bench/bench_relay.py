@@ -280,7 +280,8 @@ def main() -> None:
         per_packet = min(bench_crypto(3000) for _ in range(3))
         ceiling = 1 / per_packet
         print("(b) raw crypto per hop (X25519 + BLAKE2b KDF/MAC + ChaCha20 + AES-GCM open/seal)")
-        print(f"    {per_packet * 1e6:.1f} us CPU/packet, ceiling {ceiling:,.0f} packets/s per core")
+        us = per_packet * 1e6
+        print(f"    {us:.1f} us CPU/packet, ceiling {ceiling:,.0f} packets/s per core")
         print(f"    ratio (a, per core)/ceiling = {rate / ceiling:.2f}")
         print(f"    (sans-I/O peel() alone: {1 / bench_peel(3000):,.0f} packets per CPU-second)")
         print("(c) 3-hop path, mixing delays off, one packet at a time")

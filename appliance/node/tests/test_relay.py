@@ -49,7 +49,11 @@ class Net:
         ]
         self.relays: dict[Addr, Relay] = {}
         for k, a in zip(self.keys, self.addrs, strict=True):
-            mixing = {"mean_delay_ms": mean_delay_ms, "loop_rate": loop_rate, "drop_rate": drop_rate}
+            mixing = {
+                "mean_delay_ms": mean_delay_ms,
+                "loop_rate": loop_rate,
+                "drop_rate": drop_rate,
+            }
             raw = {"mixing": mixing, "relays": relays}
             cfg = parse_config(raw, tmp / "x.toml")
             self.relays[a] = Relay(cfg, k, self.now)
@@ -196,3 +200,32 @@ def test_cover_traffic_loops_back_and_drops(tmp_path: Path) -> None:
     assert totals["cover_received"] >= 0.8 * (totals["cover_sent_loop"] + totals["cover_sent_drop"])
     assert all(len(d) == DATAGRAM_SIZE for d in net.wire)
     assert not any(k.startswith("dropped:") for r in net.relays.values() for k in r.counters)
+
+
+def test_any_message_on_an_authenticated_session_is_handled(tmp_path: Path) -> None:
+    """Fuzz the relay behind a valid session: arbitrary link plaintexts never raise."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    net = Net(tmp_path, 2)
+    net.run(1.5)
+    store = Keystore(tmp_path / "fuzzer", ROLE_CLIENT, 3600, 600)
+    store.init(net.now)
+    ep, _ = net.client(("10.0.0.66", 1), store.load(net.now))
+    ep.connect(net.addrs[0], None, net.now)
+    net.run(0.3)
+    session = up_session(ep)
+    relay = net.relays[net.addrs[0]]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(kind=st.integers(min_value=0, max_value=255), body=st.binary(max_size=1366))
+    def feed(kind: int, body: bytes) -> None:
+        if kind == 0x0B:  # CLOSE would end the session the fuzzer needs
+            kind = 0x0C
+        datagram = ep.seal(session, bytes([kind]) + body)
+        relay.receive_datagram(datagram, ("10.0.0.66", 1), net.now)
+        relay.handle_timer(net.now)
+        relay.outbox.clear()
+
+    feed()
+    assert relay.counters["dropped:bad_message"] > 0

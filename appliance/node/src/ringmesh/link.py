@@ -44,6 +44,8 @@ COOKIE_ROTATE = 120.0
 IDLE_TIMEOUT = 60.0
 MAX_QUEUED = 512
 MAX_PENDING_PER_ADDR = 8
+MAX_RESPONDING = 4096  # half-open handshakes held at once
+MAX_SESSIONS = 65536
 _COUNTER = struct.Struct("!Q")
 _NONCE_PREFIX = bytes(4)
 
@@ -288,6 +290,8 @@ class LinkEndpoint:
             cookie = hs.make_cookie(self._cookie_secrets[0], _addr_key(addr), init.body)
             self.outbox.append((hs.cookie_datagram(init.sid, cookie), addr))
             return
+        if len(self._responding) >= MAX_RESPONDING or len(self.sessions) >= MAX_SESSIONS:
+            raise hs.HandshakeError("rate_limited")
         pending_here = sum(1 for r in self._responding.values() if r.addr == addr)
         if pending_here >= MAX_PENDING_PER_ADDR:
             raise hs.HandshakeError("rate_limited")

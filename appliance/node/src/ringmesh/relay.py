@@ -47,6 +47,7 @@ KEEPALIVE_EVERY = 5.0
 PEER_UP_WITHIN = 20.0
 RECONNECT_BACKOFF = 3.0
 DESCRIPTORS_PER_MESSAGE = 7
+MAX_DESCRIPTORS = 255  # the DESCRIPTORS message counts them in one byte
 MAX_MAILBOXES = 100_000
 OWNER_LIVE = 12.0  # a claiming client sends keepalives every 5 s; silent longer: hold packets
 
@@ -325,8 +326,7 @@ class Relay:
                     if peer.descriptor is None or s.peer.epoch >= peer.descriptor.epoch:
                         peer.descriptor = s.peer
                     peer.sessions.append(s)
-                    if peer.session is None or s.initiator:
-                        peer.session = s
+                    peer.session = s  # the newest: the peer may have restarted
                     peer.handshake = None
             elif isinstance(event, SessionDown):
                 s = event.session
@@ -431,7 +431,7 @@ class Relay:
         for peer in self.peers.values():
             if peer.descriptor is not None and peer.up(now) and peer.descriptor.expires > now:
                 out.append(peer.descriptor)
-        return out
+        return out[:MAX_DESCRIPTORS]
 
     def queue_depth(self) -> int:
         return len(self._delayed)

@@ -198,6 +198,7 @@ class RecordingProxy:
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
         self.captured: list[bytes] = []
+        self.inbound: list[bytes] = []  # the part of `captured` addressed to the relay
         self._upstream: dict[tuple[str, int], socket.socket] = {}
         self._back: dict[socket.socket, tuple[str, int]] = {}
         self._stop = threading.Event()
@@ -214,6 +215,7 @@ class RecordingProxy:
                     continue
                 self.captured.append(data)
                 if sock is self.sock:
+                    self.inbound.append(data)
                     up = self._upstream.get(src)
                     if up is None:
                         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -95,8 +95,8 @@ def test_10kib_message_arrives_intact_and_the_wire_shows_nothing(fleet: Fleet) -
 def test_malformed_datagrams_are_dropped_counted_and_harmless(fleet: Fleet) -> None:
     relay = fleet.relays[0]
     before = counters(fleet, relay)
-    # recent link datagrams, both directions: those addressed to this relay are replays
-    replays = [d for d in fleet.proxies[0].captured if d[0] == 0x05][-30:]
+    # every link datagram seen so far; those addressed to this relay are replays to it
+    replays = [d for d in fleet.captured() if d[0] == 0x05]
     assert replays
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for _ in range(30):
@@ -114,8 +114,8 @@ def test_malformed_datagrams_are_dropped_counted_and_harmless(fleet: Fleet) -> N
         return after.get(key, 0) - before.get(key, 0)
 
     assert grew("dropped:bad_size") == 6
-    assert grew("dropped:replay") >= 1
-    assert grew("dropped:unknown_session") + grew("dropped:bad_type") + grew("dropped:replay") >= 20
+    assert grew("dropped:replay") >= 1, {k: grew(k) for k in after}
+    assert grew("dropped:unknown_session") + grew("dropped:replay") >= len(replays)
     assert sum(grew(k) for k in after if k.startswith("handshake_failed:")) >= 3
     # and it keeps delivering
     recv = start_recv(fleet.clients[1], "--wait", "60", "--count", "1")

@@ -38,6 +38,7 @@ from .wire import (
 
 CONNECT_TIMEOUT = 6.0
 TICK = 0.2
+POLL = 0.05
 
 
 class ClientError(Exception):
@@ -303,34 +304,11 @@ async def receive_messages(
             header, key = reply[: -m.ACK_KEY_LEN], reply[-m.ACK_KEY_LEN :]
             node.send(session, bytes([MSG_ONION]) + header + m.seal_ack(key, message_id))
 
-    while stop is None or not stop.is_set():
-        now = time.monotonic()
-        if count is not None and len(done) >= count:
-            break
-        if count is None and synced and (wait <= 0 or (done and now - last_activity >= quiet)):
-            break
-        left = (start + max(wait, CONNECT_TIMEOUT if not synced else 0)) - now
-        if left <= 0:
-            break
-        getter = asyncio.ensure_future(node.items.get())
-        syncer = asyncio.ensure_future(node.syncs.get())
-        finished, pending = await asyncio.wait(
-            {getter, syncer}, timeout=min(left, quiet, 0.25), return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
-        if syncer in finished and syncer.result() == mailbox:
-            synced = True
-        if getter not in finished:
-            continue
-        box, payload = getter.result()
-        if box != mailbox:
-            continue
-        last_activity = time.monotonic()
+    def handle(payload: bytes) -> None:
         try:
             frag = m.parse_fragment(m.open_envelope(x_key, payload))
         except m.EnvelopeError:
-            continue
+            return
         if frag.reply is not None:
             replies.setdefault(frag.message_id, []).append(frag.reply)
         complete = reassembler.add(frag, time.time())
@@ -339,6 +317,26 @@ async def receive_messages(
             ack(complete.message_id)
         elif frag.message_id in reassembler.done:
             ack(frag.message_id)  # a retransmission: its ack may have been lost
+
+    while True:
+        # Everything that arrived so far is handled before deciding to stop.
+        while not node.syncs.empty():
+            synced |= node.syncs.get_nowait() == mailbox
+        while not node.items.empty():
+            box, payload = node.items.get_nowait()
+            if box == mailbox:
+                last_activity = time.monotonic()
+                handle(payload)
+        now = time.monotonic()
+        if stop is not None and stop.is_set():
+            break
+        if count is not None and len(done) >= count:
+            break
+        if count is None and synced and (wait <= 0 or (done and now - last_activity >= quiet)):
+            break
+        if now >= start + max(wait, 0 if synced else CONNECT_TIMEOUT):
+            break
+        await asyncio.sleep(POLL)
     node.flush()
     await asyncio.sleep(0.05)
     return done

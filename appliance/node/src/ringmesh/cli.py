@@ -72,9 +72,15 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from .daemon import run_daemon
 
+    # A reload request that races start-up must not kill the process (SIGHUP's default);
+    # the daemon installs its real handler once the loop runs.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if config.role != "relay":
         raise ConfigError("node.role", "must be 'relay' to run the daemon")
     _keystore(config).load()  # refuse early on a missing or loose keystore
+    if control_request(config, {"cmd": "status"}, timeout=2.0) is not None:
+        print(f"error: a node already runs on {config.control_socket}", file=sys.stderr)
+        return 1
     return run_daemon(config)
 
 

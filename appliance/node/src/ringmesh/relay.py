@@ -49,6 +49,7 @@ RECONNECT_BACKOFF = 3.0
 DESCRIPTORS_PER_MESSAGE = 7
 MAX_DESCRIPTORS = 255  # the DESCRIPTORS message counts them in one byte
 MAX_MAILBOXES = 100_000
+MAX_DELAYED = 200_000  # packets waiting out their mixing delay
 OWNER_LIVE = 12.0  # a claiming client sends keepalives every 5 s; silent longer: hold packets
 
 
@@ -222,6 +223,9 @@ class Relay:
         else:
             target = b""
         if self._mean_delay > 0:
+            if len(self._delayed) >= MAX_DELAYED:
+                self.counters["dropped:queue_full"] += 1
+                return
             due = now + self.rng.expovariate(1.0 / self._mean_delay)
             self._seq += 1
             heapq.heappush(self._delayed, (due, self._seq, target, un.next_id + un.packet))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fleet import RINGMESH, Fleet, Node, ringmesh
 
 MARKER = b"RINGMESH-PLAINTEXT-MARKER-"

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 
 import pytest
-from helpers import credentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import credentials
 from ringmesh import handshake as hs
 from ringmesh.descriptor import Descriptor
 from ringmesh.link import HandshakeFailed, LinkEndpoint, Session, SessionUp

@@ -57,7 +57,11 @@ class Daemon:
             except OSError:  # ICMP errors from unreachable peers surface here
                 self.relay.counters["dropped:socket_error"] += 1
                 continue
-            receive(data, addr[:2], now)
+            try:
+                receive(data, addr[:2], now)
+            except Exception as exc:  # a bug must not stop the relay; log no packet data
+                self.relay.counters["dropped:internal_error"] += 1
+                log.error("internal error handling a datagram: %s", type(exc).__name__)
         self.flush()
 
     def flush(self) -> None:
@@ -85,7 +89,11 @@ class Daemon:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = float("inf")
-        self.relay.handle_timer(time.time())
+        try:
+            self.relay.handle_timer(time.time())
+        except Exception as exc:  # keep the timer chain alive; log no packet data
+            self.relay.counters["dropped:internal_error"] += 1
+            log.error("internal error in the relay timer: %s", type(exc).__name__)
         self.flush()
 
     # --- reload / rotation -------------------------------------------------------------------

@@ -41,7 +41,8 @@ lab-down: venv
 lint: venv
 	yamllint -s .
 	ansible-lint
-	ruff check appliance/node tests
+	ruff check . lab/lab
+	mypy
 	cd appliance/node && mypy
 
 test-node: venv
@@ -55,7 +56,7 @@ test-infra: venv images
 test: lint test-node test-infra
 
 bench: venv
-	python appliance/node/bench/relay_bench.py
+	python appliance/node/bench/bench_relay.py
 
 clean: lab-down
 	rm -rf $(VENV)

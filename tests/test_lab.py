@@ -39,7 +39,8 @@ class LabRun:
     seconds: float
 
     def explain(self) -> str:
-        return f"`{self.command}` exit {self.returncode} after {self.seconds:.0f}s; output (tail):\n{self.output[-15000:]}"
+        tail = self.output[-15000:]
+        return f"`{self.command}` exit {self.returncode} after {self.seconds:.0f}s; output (tail):\n{tail}"
 
 
 def lab(*args: str, timeout: float) -> LabRun:

@@ -85,7 +85,7 @@ except OSError as e:
 
 
 def connect_from_probe(port: int) -> str:
-    return PROBE.check_output("python3 -c %s %s %s", TCP_CONNECT, TARGET_IP, str(port))
+    return str(PROBE.check_output("python3 -c %s %s %s", TCP_CONNECT, TARGET_IP, str(port)))
 
 
 def connect_from_outsider(port: int) -> str:

@@ -24,7 +24,8 @@ SSH_OPTS = [
 
 def ssh_with_key(user: str, *extra: str, command: str = "true") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ssh", *SSH_OPTS, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", KEY, *extra, f"{user}@{TARGET_IP}", command],
+        ["ssh", *SSH_OPTS, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", KEY, *extra,
+         f"{user}@{TARGET_IP}", command],
         stdin=subprocess.DEVNULL,  # ssh would leave a shared stdin non-blocking
         capture_output=True,
         text=True,
@@ -180,7 +181,8 @@ def run_playbook(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600, check=False,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        timeout=600, check=False,
     )  # fmt: skip
 
 
@@ -195,7 +197,10 @@ def test_check_mode_reports_no_change() -> None:
     [
         ({"hardening_ssh_permit_root_login": "yes"}, "hardening_ssh_permit_root_login"),
         ({"hardening_sysctl_extra": {"not a key": 1}}, "hardening_sysctl_extra: not a sysctl key: not a key"),
-        ({"hardening_ssh_kex_algorithms": ["diffie-hellman-group0-md5"]}, "hardening_ssh_kex_algorithms: none of the listed"),
+        (
+            {"hardening_ssh_kex_algorithms": ["diffie-hellman-group0-md5"]},
+            "hardening_ssh_kex_algorithms: none of the listed",
+        ),
     ],
 )
 def test_bad_variables_fail_before_sshd_changes(extra_vars: dict[str, object], named: str) -> None:
@@ -216,5 +221,6 @@ def test_allow_groups_that_exclude_the_ssh_login_user_are_refused() -> None:
         }),
     )  # fmt: skip
     assert result.returncode != 0
-    assert "would lock it out" in result.stdout and "hardening_ssh_allow_groups=['wheel']" in result.stdout, result.stdout[-3000:]
+    assert "would lock it out" in result.stdout, result.stdout[-3000:]
+    assert "hardening_ssh_allow_groups=['wheel']" in result.stdout, result.stdout[-3000:]
     assert ssh_with_key("ringmesh-admin").returncode == 0

@@ -65,5 +65,7 @@ def test_config_change_reloaded_without_restart(host: testinfra.host.Host) -> No
 
 
 def test_node_reinstalls_offline_from_the_wheelhouse(host: testinfra.host.Host) -> None:
-    result = host.run("/opt/ringmesh/venv/bin/pip install --no-index --find-links /opt/ringmesh/wheelhouse --dry-run ringmesh")
+    result = host.run(
+        "/opt/ringmesh/venv/bin/pip install --no-index --find-links /opt/ringmesh/wheelhouse --dry-run ringmesh"
+    )
     assert result.rc == 0, result.stderr

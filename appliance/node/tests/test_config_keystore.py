@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ringmesh.cli import build_parser
 from ringmesh.config import ConfigError, load_config
 from ringmesh.did import did_from_seed
 from ringmesh.keystore import Keystore, KeystoreError
@@ -145,3 +146,9 @@ def test_cli_refuses_loose_keystore(tmp_path: Path) -> None:
     out = run_cli("run", "--config", str(path))
     assert out.returncode == 2
     assert "identity.key has mode 0640" in out.stderr
+
+
+@pytest.mark.parametrize("flag", ["--home", "--via"])
+def test_send_names_the_recipients_relay_with_home_or_via(flag: str) -> None:
+    args = build_parser().parse_args(["send", "--to", "did:key:zUser", flag, "did:key:zRelay"])
+    assert args.home == "did:key:zRelay"

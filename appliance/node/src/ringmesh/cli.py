@@ -208,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="ask the running relay for its status")
     send = sub.add_parser("send", parents=[common], help="send a message (stdin or --file)")
     send.add_argument("--to", required=True, help="recipient did:key")
-    send.add_argument("--home", required=True, help="recipient's home relay did:key")
+    send.add_argument(
+        "--home",
+        "--via",
+        dest="home",
+        required=True,
+        help="recipient's home relay did:key, which holds the message for them",
+    )
     send.add_argument("--file", help="read the message from FILE instead of stdin")
     send.add_argument("--timeout", type=float, default=30.0, help="give up after SECONDS")
     send.add_argument(

@@ -9,13 +9,14 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Molecule scenarios, cheapest first; `default` is the whole fleet on three hosts.
 SCENARIOS := supervisor firewall hardening keys node default
 
-.PHONY: help bootstrap venv images lab lab-down lint test test-node test-infra test-e2e bench clean
+.PHONY: help bootstrap venv images image lab lab-down lint test test-node test-infra test-e2e bench clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, lab end-to-end"
 	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make image      the appliance images (raw, qcow2, Vagrant box, podman) in build/images/trixie"
 
 bootstrap:
 	scripts/bootstrap-host
@@ -32,6 +33,10 @@ images: bootstrap
 	images/base/build trixie
 	images/base/build bookworm
 
+# The hardened appliance images, built by playbooks/image.yml (tests/test_image.py boots them).
+image: venv images
+	images/build --suite trixie
+
 lab: venv images
 	lab/lab up
 
@@ -41,7 +46,7 @@ lab-down: venv
 lint: venv
 	yamllint -s .
 	ansible-lint
-	ruff check . lab/lab
+	ruff check . lab/lab images/build
 	mypy
 	cd appliance/node && mypy
 

@@ -1,0 +1,384 @@
+"""The appliance images end to end: `images/build`, then two VMs booted from its qcow2.
+
+Real debootstrap, real Ansible over the chroot connection, real QEMU (TCG here, KVM where it
+works) booting the image with a cloud-init NoCloud seed, checked over real SSH with
+testinfra. The VMs live in a network namespace of this test run's own, on a private bridge.
+Serial logs and seeds are kept under build/image-test/<run> when a test failed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+from vm import VM, Namespace, VMError
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = os.environ.get("RINGMESH_IMAGE_SUITE", "trixie")
+OUT = REPO / "build" / "images" / SUITE
+NAME = f"ringmesh-{SUITE}"
+LYNIS_BAR = 90
+RINGMESH = "/opt/ringmesh/venv/bin/ringmesh"
+# Markers of private keys in any of the usual encodings (OpenSSH, PKCS#1/#8, SEC1, encrypted).
+PRIVATE_KEY_MARKER = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+
+
+@dataclass
+class BuildRun:
+    returncode: int
+    output: str
+    seconds: float
+
+    def explain(self) -> str:
+        return f"images/build exit {self.returncode} after {self.seconds:.0f}s:\n{self.output[-12000:]}"
+
+
+def images_build(*args: str, timeout: float = 40 * 60) -> BuildRun:
+    began = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / "images" / "build"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return BuildRun(result.returncode, result.stdout, time.monotonic() - began)
+
+
+@pytest.fixture(scope="module")
+def build() -> BuildRun:
+    run = images_build("--suite", SUITE)
+    print(f"images/build --suite {SUITE}: {run.seconds:.0f}s")
+    if run.returncode != 0:
+        pytest.fail(run.explain())
+    return run
+
+
+def artifact(suffix: str) -> Path:
+    return OUT / f"{NAME}{suffix}"
+
+
+def manifest_lines() -> list[list[str]]:
+    return [line.split("\t") for line in artifact(".packages.txt").read_text().splitlines()]
+
+
+# --- the build ----------------------------------------------------------------------------
+
+
+def test_build_writes_every_artifact_with_checksums(build: BuildRun) -> None:
+    expected = {f"{NAME}{s}" for s in (".raw", ".qcow2", ".box", ".oci.tar", ".packages.txt", ".cdx.json")}
+    assert {p.name for p in OUT.iterdir()} == expected | {"SHA256SUMS"}, build.explain()
+    sums = {
+        name: digest for digest, name in (line.split("  ") for line in (OUT / "SHA256SUMS").read_text().splitlines())
+    }
+    assert set(sums) == expected
+    for name, digest in sums.items():
+        sha = hashlib.sha256()
+        with (OUT / name).open("rb") as file:
+            while chunk := file.read(1 << 20):
+                sha.update(chunk)
+        assert sha.hexdigest() == digest, f"{name}: SHA256SUMS does not match"
+    for line in build.output.splitlines():
+        if "MiB" in line or "built " in line:
+            print(line)
+
+
+def test_raw_disk_is_gpt_with_bios_boot_and_root(build: BuildRun) -> None:
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(artifact(".raw"))], capture_output=True, text=True, check=True).stdout
+    )
+    parts = table["partitiontable"]["partitions"]
+    assert table["partitiontable"]["label"] == "gpt"
+    assert [p["type"] for p in parts] == [
+        "21686148-6449-6E6F-744E-656564454649",
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+    ]
+    with artifact(".raw").open("rb") as disk:
+        mbr = disk.read(512)
+    assert mbr[510:512] == b"\x55\xaa" and mbr[:2] != b"\0\0", "no boot code in the MBR"
+
+
+def test_qcow2_is_compressed_and_box_is_a_libvirt_box(build: BuildRun) -> None:
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(artifact(".qcow2"))], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert info["format"] == "qcow2"
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
+    assert artifact(".qcow2").stat().st_size < info["virtual-size"] / 4
+    with tarfile.open(artifact(".box")) as box:
+        assert set(box.getnames()) == {"metadata.json", "Vagrantfile", "box.img"}
+        metadata = json.load(box.extractfile("metadata.json"))  # type: ignore[arg-type]
+    assert metadata["provider"] == "libvirt" and metadata["format"] == "qcow2"
+
+
+def test_manifest_lists_debian_and_python_packages_and_sbom_matches(build: BuildRun) -> None:
+    lines = manifest_lines()
+    assert lines == sorted(lines), "manifest not sorted"
+    names = {(kind, name) for kind, name, *_ in lines}
+    for package in ("linux-image-cloud-amd64", "cloud-init", "nftables", "supervisor", "auditd", "aide", "lynis"):
+        assert ("deb", package) in names, f"{package} missing from the manifest"
+    for package in ("ringmesh", "cryptography"):
+        assert ("pypi", package) in names, f"{package} missing from the manifest"
+    sbom = json.loads(artifact(".cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    purls = {c["purl"] for c in sbom["components"]}
+    assert len(purls) == len(lines)
+    assert any(p.startswith("pkg:deb/debian/linux-image-cloud-amd64@") for p in purls)
+    assert any(p.startswith("pkg:pypi/ringmesh@") for p in purls)
+
+
+def test_podman_image_has_the_manifest_packages(build: BuildRun) -> None:
+    query = ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"]
+    image = f"localhost/ringmesh-appliance:{SUITE}"
+    listed = subprocess.run(
+        ["podman", "run", "--rm", image, *query], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    in_image = sorted(line.split("\t") for line in listed.splitlines())
+    in_manifest = sorted([name, version] for kind, name, version, *_ in manifest_lines() if kind == "deb")
+    assert in_image == in_manifest
+
+
+def test_failed_step_names_itself_and_leaves_no_image(build: BuildRun, tmp_path: Path) -> None:
+    playbook = tmp_path / "fails.yml"
+    playbook.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.fail:\n        msg: planted failure\n"
+    )
+    before = {p.name: p.stat().st_mtime for p in OUT.iterdir()}
+    out = tmp_path / "out"
+    run = images_build("--suite", SUITE, "--out", str(out), "--playbook", str(playbook), timeout=15 * 60)
+    assert run.returncode == 1, run.explain()
+    assert "FAILED: step 2/8 playbooks" in run.output or "FAILED: step 2/8 " in run.output, run.explain()
+    assert "planted failure" in run.output, run.explain()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fails.yml", "out.log"], run.explain()
+    assert {p.name: p.stat().st_mtime for p in OUT.iterdir()} == before, "a failed build touched the previous images"
+
+
+# --- what the image files hold ------------------------------------------------------------
+
+
+def scan(stream: Any, patterns: list[bytes]) -> set[bytes]:
+    """Patterns found in a byte stream (read in chunks that overlap by the longest pattern)."""
+    found: set[bytes] = set()
+    overlap = max(len(p) for p in patterns)
+    tail = b""
+    while chunk := stream.read(1 << 24):
+        window = tail + chunk
+        found.update(p for p in patterns if p in window)
+        if PRIVATE_KEY_MARKER.search(window):
+            found.add(b"PRIVATE KEY")
+        tail = window[-overlap:]
+    return found
+
+
+def scan_image_files(patterns: list[bytes]) -> dict[str, set[bytes]]:
+    """The raw disk, the box's disk (as raw) and the OCI archive's layers, each scanned."""
+    hits: dict[str, set[bytes]] = {}
+    with artifact(".raw").open("rb") as raw:
+        hits["raw"] = scan(raw, patterns)
+    box_dir = OUT.parent / f".{SUITE}.scan"
+    shutil.rmtree(box_dir, ignore_errors=True)
+    box_dir.mkdir()
+    try:
+        with tarfile.open(artifact(".box")) as box:
+            box.extract("box.img", box_dir, filter="data")
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", str(box_dir / "box.img"), str(box_dir / "box.raw")], check=True
+        )
+        with (box_dir / "box.raw").open("rb") as raw:
+            hits["box"] = scan(raw, patterns)
+    finally:
+        shutil.rmtree(box_dir, ignore_errors=True)
+    hits["oci"] = set()
+    with tarfile.open(artifact(".oci.tar")) as oci:
+        for member in oci.getmembers():
+            blob = oci.extractfile(member) if member.isfile() else None
+            if blob is None:
+                continue
+            head = blob.read(2)
+            blob.seek(0)
+            stream: Any = gzip.GzipFile(fileobj=blob) if head == b"\x1f\x8b" else blob
+            hits["oci"] |= scan(stream, patterns)
+    return {where: found for where, found in hits.items() if found}
+
+
+def build_host_public_keys() -> list[bytes]:
+    """The base64 blobs of this machine's SSH keys: none may end up in an image."""
+    blobs = []
+    for pub in [*Path("/etc/ssh").glob("ssh_host_*.pub"), *Path.home().glob(".ssh/*.pub")]:
+        fields = pub.read_text().split()
+        if len(fields) >= 2:
+            blobs.append(fields[1].encode())
+    return blobs
+
+
+def test_image_files_hold_no_private_key_and_no_build_key(build: BuildRun) -> None:
+    patterns = build_host_public_keys() or [b"-----BEGIN OPENSSH PRIVATE KEY-----"]
+    assert scan_image_files(patterns) == {}
+
+
+# --- booted VMs -----------------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    vms: list[VM]
+    hosts: list[Any]
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def fleet(build: BuildRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    run_id = f"images-{os.getpid()}-{secrets.token_hex(3)}"
+    workdir = REPO / "build" / "image-test" / run_id
+    workdir.mkdir(parents=True)
+    key = workdir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", run_id, "-f", str(key)], check=True)
+    netns = Namespace(run_id)
+    netns.create()
+    vms = [
+        VM(f"relay{i}", artifact(".qcow2"), workdir, netns, i, key.with_suffix(".pub").read_text().strip(), key)
+        for i in (1, 2)
+    ]
+    for vm in vms:
+        netns.add_tap(vm.tap)
+    failed_before = request.session.testsfailed
+    try:
+        with ThreadPoolExecutor(max_workers=len(vms)) as pool:
+            list(pool.map(lambda vm: vm.boot(), vms))
+        for vm in vms:
+            ready = vm.wait_for(f"sudo -u ringmesh {RINGMESH} status --json", deadline=600)
+            print(
+                f"{vm.name}: SSH after {vm.boot_seconds:.0f}s, relay ready after {ready:.0f}s "
+                f"(hung boots retried: {len(vm.attempts)})"
+            )
+        hosts = [testinfra.get_host(f"ssh://{vm.name}", ssh_config=str(vm.ssh_config), sudo=True) for vm in vms]
+        yield Fleet(vms, hosts, workdir)
+    except VMError as error:
+        pytest.fail(f"{error}\nserial logs in {workdir}")
+    finally:
+        for vm in vms:
+            vm.close_ssh()
+            vm.stop()
+        netns.destroy()
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept the VMs' serial logs and seeds in {workdir}")
+
+
+def node_identity(host: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} keys show --public --json"))
+    return result
+
+
+def test_node_runs_under_supervisor_as_ringmesh(fleet: Fleet) -> None:
+    for host in fleet.hosts:
+        status = host.check_output("supervisorctl status ringmesh")
+        assert "RUNNING" in status, status
+        pid = int(status.split("pid ")[1].split(",")[0])
+        assert host.check_output(f"ps -o user= -p {pid}").strip() == "ringmesh"
+        supervisord = host.check_output(f"ps -o ppid= -p {pid}").strip()
+        assert "supervisord" in host.check_output(f"ps -o args= -p {supervisord}")
+        assert json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} status --json"))["pid"] == pid
+
+
+def test_identity_is_made_at_first_boot_before_supervisor(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    assert node_identity(host)["did"].startswith("did:key:z6Mk")
+    keys = host.file("/var/lib/ringmesh/keys")
+    assert keys.is_directory and keys.user == "ringmesh" and keys.mode == 0o700
+    identity = host.check_output("systemctl show -P ExecMainExitTimestampMonotonic ringmesh-identity.service")
+    supervisor = host.check_output("systemctl show -P ExecMainStartTimestampMonotonic supervisor.service")
+    assert 0 < int(identity) < int(supervisor), (identity, supervisor)
+
+
+def test_nftables_is_loaded_and_drops_by_default(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    assert host.service("nftables").is_enabled
+    chains = json.loads(host.check_output("nft -j list chains inet ringmesh_filter"))["nftables"]
+    policies = {c["chain"]["name"]: c["chain"]["policy"] for c in chains if "chain" in c}
+    assert policies["input"] == "drop" and policies["forward"] == "drop"
+
+
+def test_sshd_refuses_root_and_passwords(fleet: Fleet) -> None:
+    vm = fleet.vms[0]
+    as_root = vm.ssh("true", user="root", check=False)
+    assert as_root.returncode == 255 and "Permission denied" in as_root.stderr, as_root.stderr
+    password_only = ["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"]
+    password = subprocess.run(
+        ["ssh", "-F", str(vm.ssh_config), *password_only, vm.name, "true"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr, password.stderr
+    effective = fleet.hosts[0].check_output("sshd -T")
+    assert "permitrootlogin no" in effective and "passwordauthentication no" in effective
+
+
+def test_first_boot_takes_hostname_network_and_grows_the_root(fleet: Fleet) -> None:
+    first, second = fleet.vms
+    for vm, host in zip(fleet.vms, fleet.hosts, strict=True):
+        assert host.check_output("hostname") == vm.name
+        assert f"{vm.private_address}/24" in host.check_output("ip -o -4 addr show dev mesh")
+        root_bytes = int(host.check_output("df --output=size -B1 / | tail -1"))
+        assert root_bytes > 3.5 * 2**30, f"{vm.name}: root filesystem not grown to the 4 GiB disk ({root_bytes})"
+    assert first.ssh(f"ping -c 1 -W 5 {second.private_address}", check=False).returncode == 0
+
+
+def test_clones_get_their_own_identity_host_keys_and_machine_id(fleet: Fleet) -> None:
+    def fingerprint(host: Any) -> tuple[str, str, str]:
+        return (
+            node_identity(host)["did"],
+            host.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1],
+            host.check_output("cat /etc/machine-id"),
+        )
+
+    first, second = (fingerprint(h) for h in fleet.hosts)
+    for value in (*first, *second):
+        assert value, "empty identity, host key or machine-id"
+    assert re.fullmatch(r"[0-9a-f]{32}", first[2])
+    assert first[0] != second[0], "same did:key on two clones"
+    assert first[1] != second[1], "same SSH host key on two clones"
+    assert first[2] != second[2], "same machine-id on two clones"
+
+
+def test_booted_identity_and_host_keys_are_not_in_the_image(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    did = node_identity(host)["did"].encode()
+    host_key = host.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[1].encode()
+    assert scan_image_files([did, host_key]) == {}
+
+
+def test_lynis_hardening_index(fleet: Fleet) -> None:
+    vm = fleet.vms[0]
+    began = time.monotonic()
+    audit = vm.ssh(
+        "sudo lynis audit system --quick --no-colors --report-file /root/lynis-report.dat >/dev/null 2>&1; "
+        "sudo grep -E '^(hardening_index|suggestion\\[\\])=' /root/lynis-report.dat",
+        timeout=1200,
+    )
+    report = audit.stdout.splitlines()
+    index = int(next(line.split("=")[1] for line in report if line.startswith("hardening_index=")))
+    suggestions = [line.split("=", 1)[1] for line in report if line.startswith("suggestion[]=")]
+    print(f"Lynis hardening index {index} ({time.monotonic() - began:.0f}s), {len(suggestions)} suggestions left:")
+    for suggestion in suggestions:
+        print(f"  {suggestion}")
+    assert index >= LYNIS_BAR, f"Lynis hardening index {index} < {LYNIS_BAR}"

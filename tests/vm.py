@@ -1,0 +1,300 @@
+"""Boot appliance images under QEMU in a network namespace of the test's own.
+
+Every VM gets a throw-away qcow2 overlay on the image, a cloud-init NoCloud seed (ISO
+labelled `cidata`: the test's SSH key, a hostname, the network), a user-mode NIC whose SSH
+port is forwarded to the namespace's loopback, and a tap on the namespace's bridge: the
+VMs' private network. ssh (and testinfra through it) reaches a VM with a ProxyCommand that
+enters the namespace. QEMU runs with KVM when /dev/kvm works, TCG otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Seconds from start to the SSH banner before a boot counts as hung (TCG: about 60-90).
+BOOT_DEADLINE = 300
+
+
+class VMError(Exception):
+    """A VM did not come up; the message says where its serial log is."""
+
+
+def run(cmd: list[str], *, timeout: float = 60, check: bool = True, input_text: str | None = None) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, input=input_text)
+    if check and result.returncode != 0:
+        raise VMError(f"`{' '.join(cmd)}` exited {result.returncode}: {result.stdout}{result.stderr}".strip())
+    return result.stdout
+
+
+@functools.cache
+def kvm_works() -> bool:
+    """/dev/kvm can exist without working (nested virtualisation off): ask QEMU."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-machine", "none", "-display", "none", "-S", "-monitor", "none"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        qemu.wait(timeout=3)
+    except subprocess.TimeoutExpired:  # still running, paused (-S): KVM initialised
+        qemu.kill()
+        qemu.wait()
+        return True
+    return False
+
+
+@dataclass
+class Namespace:
+    """A network namespace with a bridge: the VMs' private L2 network, reachable from nowhere else."""
+
+    name: str
+    bridge: str = "br0"
+
+    def create(self) -> None:
+        run(["ip", "netns", "add", self.name])
+        run(["ip", "-n", self.name, "link", "set", "lo", "up"])
+        run(["ip", "-n", self.name, "link", "add", self.bridge, "type", "bridge"])
+        run(["ip", "-n", self.name, "link", "set", self.bridge, "up"])
+
+    def add_tap(self, tap: str) -> None:
+        run(["ip", "-n", self.name, "tuntap", "add", "dev", tap, "mode", "tap"])
+        run(["ip", "-n", self.name, "link", "set", tap, "master", self.bridge, "up"])
+
+    def exec(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def destroy(self) -> None:
+        run(["ip", "netns", "del", self.name], check=False)
+
+
+@dataclass
+class VM:
+    """One VM booted from an image, configured by its NoCloud seed."""
+
+    name: str
+    image: Path
+    workdir: Path
+    netns: Namespace
+    index: int  # 1, 2, ...: ports, MACs and the private address
+    public_key: str
+    private_key: Path
+    user: str = "debian"  # Debian's cloud-init default user gets the seed's keys
+    disk_size: str = "4G"  # larger than the image: first boot must grow the root filesystem
+    memory_mb: int = 1024
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    boot_seconds: float = 0.0
+    attempts: list[str] = field(default_factory=list)
+
+    @property
+    def ssh_port(self) -> int:
+        return 2200 + self.index
+
+    @property
+    def private_address(self) -> str:
+        return f"10.213.0.{10 + self.index}"
+
+    @property
+    def tap(self) -> str:
+        return f"tap{self.index}"
+
+    def mac(self, nic: int) -> str:
+        return f"52:54:00:21:{nic:02x}:{self.index:02x}"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.workdir / f"{self.name}.serial.log"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.workdir / f"{self.name}.ssh_config"
+
+    # --- the seed and the disk ------------------------------------------------------------
+
+    def write_seed(self) -> Path:
+        seed_dir = self.workdir / f"{self.name}.seed"
+        seed_dir.mkdir(exist_ok=True)
+        (seed_dir / "meta-data").write_text(f"instance-id: {self.name}\nlocal-hostname: {self.name}\n")
+        (seed_dir / "user-data").write_text(
+            "#cloud-config\n" + json.dumps({"ssh_authorized_keys": [self.public_key]}) + "\n"
+        )
+        network = {
+            "version": 2,
+            "ethernets": {
+                "uplink": {"match": {"macaddress": self.mac(1)}, "set-name": "uplink", "dhcp4": True},
+                "mesh": {"match": {"macaddress": self.mac(2)}, "set-name": "mesh",
+                         "addresses": [f"{self.private_address}/24"]},
+            },
+        }  # fmt: skip
+        (seed_dir / "network-config").write_text(json.dumps(network) + "\n")
+        iso = self.workdir / f"{self.name}.seed.iso"
+        run(
+            [
+                "xorriso",
+                "-as",
+                "mkisofs",
+                "-quiet",
+                "-output",
+                str(iso),
+                "-volid",
+                "cidata",
+                "-joliet",
+                "-rock",
+                str(seed_dir),
+            ]
+        )
+        return iso
+
+    def qemu_command(self, overlay: Path, seed: Path) -> list[str]:
+        accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg,thread=multi,tb-size=256"]
+        return [
+            "qemu-system-x86_64", "-name", self.name, *accel,
+            "-smp", "1", "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
+            "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+            "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+            "-netdev", f"user,id=uplink,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+            "-device", f"virtio-net-pci,netdev=uplink,mac={self.mac(1)}",
+            "-netdev", f"tap,id=mesh,ifname={self.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=mesh,mac={self.mac(2)}",
+            "-device", "virtio-rng-pci",
+            "-serial", f"file:{self.serial_log}",
+        ]  # fmt: skip
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Boot from a fresh overlay (a retry starts over: first boot runs again)."""
+        overlay = self.workdir / f"{self.name}.qcow2"
+        overlay.unlink(missing_ok=True)
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(self.image),
+                str(overlay),
+                self.disk_size,
+            ]
+        )
+        seed = self.write_seed()
+        self.write_ssh_config()
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.netns.exec(*self.qemu_command(overlay, seed)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / f"{self.name}.qemu.log").open("wb"),
+        )
+
+    def banner(self) -> bool:
+        probe = f"exec 3<>/dev/tcp/127.0.0.1/{self.ssh_port} && timeout 5 head -c 7 <&3"
+        result = subprocess.run(self.netns.exec("bash", "-c", probe), capture_output=True, timeout=15, check=False)
+        return result.stdout.startswith(b"SSH-2.0")
+
+    def wait_for_ssh(self, deadline: float = BOOT_DEADLINE) -> bool:
+        assert self.process is not None
+        while time.monotonic() - self.started < deadline:
+            if self.process.poll() is not None:
+                return False
+            if self.banner():
+                self.boot_seconds = time.monotonic() - self.started
+                return True
+            time.sleep(2)
+        return False
+
+    def boot(self, retries: int = 1) -> None:
+        """Start and wait for SSH; a hung boot (TCG hangs now and then) is killed and retried."""
+        for attempt in range(retries + 1):
+            self.start()
+            if self.wait_for_ssh():
+                return
+            kept = self.serial_log.with_suffix(f".attempt{attempt + 1}.log")
+            self.stop()
+            if self.serial_log.exists():
+                shutil.copyfile(self.serial_log, kept)
+            self.attempts.append(str(kept))
+        raise VMError(
+            f"{self.name}: no SSH banner within {BOOT_DEADLINE}s in {retries + 1} boots; serial logs: {self.attempts}"
+        )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    # --- talking to the VM ----------------------------------------------------------------
+
+    def write_ssh_config(self) -> None:
+        self.ssh_config.write_text(
+            f"""Host {self.name}
+  HostName 127.0.0.1
+  Port {self.ssh_port}
+  User {self.user}
+  IdentityFile {self.private_key}
+  IdentitiesOnly yes
+  BatchMode yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  ConnectTimeout 20
+  ServerAliveInterval 15
+  ControlMaster auto
+  ControlPath {self.workdir}/{self.name}.ssh.%C
+  ControlPersist 120
+  ProxyCommand {" ".join(self.netns.exec("socat", "-", "TCP:127.0.0.1:%p"))}
+"""
+        )
+
+    def ssh(
+        self, command: str, *, user: str | None = None, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        target = f"{user}@{self.name}" if user else self.name
+        result = subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), target, command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise VMError(
+                f"{self.name}: `{command}` exited {result.returncode}: {result.stdout}{result.stderr}".strip()
+            )
+        return result
+
+    def close_ssh(self) -> None:
+        """End the SSH control master (ControlPersist) this VM's connections share."""
+        if self.ssh_config.exists():
+            subprocess.run(
+                ["ssh", "-F", str(self.ssh_config), "-O", "exit", self.name],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+
+    def wait_for(self, command: str, deadline: float) -> float:
+        """Seconds since start until COMMAND succeeds over SSH."""
+        while True:
+            if self.ssh(command, check=False, timeout=60).returncode == 0:
+                return time.monotonic() - self.started
+            if time.monotonic() - self.started > deadline:
+                raise VMError(f"{self.name}: `{command}` did not succeed within {deadline:.0f}s of boot")
+            time.sleep(3)

@@ -174,8 +174,14 @@ class Build:
             # apt reaches the mirror through the build host's resolver; the image gets its own at boot.
             resolv.unlink(missing_ok=True)
             shutil.copyfile("/etc/resolv.conf", resolv)
-            stack.callback(resolv.unlink, missing_ok=True)
+            stack.callback(self.drop_build_resolv_conf)
             yield
+
+    def drop_build_resolv_conf(self) -> None:
+        """The build host's resolver goes; the link that systemd-resolved's package made stays."""
+        resolv = self.rootfs / "etc/resolv.conf"
+        if resolv.is_file() and not resolv.is_symlink():
+            resolv.unlink()
 
     def configure(self) -> None:
         inventory = self.work / "inventory.ini"

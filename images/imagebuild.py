@@ -107,6 +107,7 @@ class Build:
     ) -> str:
         """Run a command, its output into the build log (or returned when capture is set)."""
         self.log(f"$ {' '.join(cmd)}\n")
+        start = self.log_path.stat().st_size
         with self.log_path.open("a") as log:
             result = subprocess.run(
                 list(cmd),
@@ -120,9 +121,49 @@ class Build:
                 check=False,
             )
         if result.returncode != 0:
-            tail = "".join(self.log_path.read_text().splitlines(keepends=True)[-25:])
-            raise BuildError(f"`{' '.join(cmd)}` exited {result.returncode}; end of {self.log_path}:\n{tail}")
+            raise BuildError(
+                f"`{' '.join(cmd)}` exited {result.returncode}; from {self.log_path}:\n{self.excerpt(start)}"
+            )
         return result.stdout if capture else ""
+
+    def excerpt(self, start: int) -> str:
+        """What the failed command wrote: from Ansible's first failure on, else its last lines."""
+        with self.log_path.open() as log:
+            log.seek(start)
+            lines = log.read().splitlines(keepends=True)
+        failure = next((i for i, line in enumerate(lines) if line.startswith(("fatal:", "failed:"))), None)
+        return "".join(lines[failure : failure + 40] if failure is not None else lines[-25:])
+
+    def run_playbook(self, cmd: Sequence[str], env: dict[str, str]) -> None:
+        """ansible-playbook with one progress line per play and role; the rest goes to the log."""
+        self.log(f"$ {' '.join(cmd)}\n")
+        start = self.log_path.stat().st_size
+        role = ""
+        with (
+            self.log_path.open("a") as log,
+            subprocess.Popen(
+                list(cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            ) as playbook,
+        ):
+            assert playbook.stdout is not None
+            for line in playbook.stdout:
+                log.write(line)
+                if line.startswith("PLAY ["):
+                    say("  " + line.strip().rstrip("*").strip())
+                elif line.startswith("TASK [") and " : " in line:
+                    task_role = line.split("[", 1)[1].split(" : ")[0]
+                    if task_role != role:
+                        role = task_role
+                        say(f"    role {role}")
+        if playbook.returncode != 0:
+            raise BuildError(
+                f"ansible-playbook exited {playbook.returncode}; from {self.log_path}:\n{self.excerpt(start)}"
+            )
 
     def chroot(self, *cmd: str, capture: bool = False) -> str:
         return self.run(["chroot", str(self.rootfs), *cmd], capture=capture)
@@ -197,7 +238,7 @@ class Build:
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_roles",
         )
-        self.run(
+        self.run_playbook(
             [
                 "ansible-playbook",
                 "-i",
@@ -206,8 +247,7 @@ class Build:
                 "-e",
                 json.dumps({"image_root_uuid": self.root_uuid, "image_suite": self.suite}),
             ],
-            env=env,
-            timeout=3600,
+            env,
         )
 
     def check_checklist(self) -> None:

@@ -382,3 +382,60 @@ def test_lynis_hardening_index(fleet: Fleet) -> None:
     for suggestion in suggestions:
         print(f"  {suggestion}")
     assert index >= LYNIS_BAR, f"Lynis hardening index {index} < {LYNIS_BAR}"
+
+
+# Tasks a site.yml run may change on a booted image: what the inventory sets (the fleet's
+# pinned relays and addresses in node.toml, the admin networks in the firewall) and what
+# follows from it (reloading the node and the ruleset).
+INVENTORY_CHANGES = {
+    "node : Write the config with the pinned first ring",
+    "node : Reload ringmesh",
+    "firewall : Write the nftables ruleset",
+    "firewall : Load the nftables ruleset",
+}
+
+
+def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fleet) -> None:
+    ssh_config = fleet.workdir / "fleet.ssh_config"
+    ssh_config.write_text("".join(vm.ssh_config.read_text() for vm in fleet.vms))
+    relays = {vm.name: {"ansible_host": vm.name, "node_advertise_address": vm.private_address} for vm in fleet.vms}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": "debian",
+                "ansible_ssh_common_args": f"-F {ssh_config}",
+                # SSH reaches the VMs through QEMU's user-mode network, from its gateway.
+                "firewall_admin_networks": ["10.0.2.2/32"],
+            },
+            "children": {"relays": {"hosts": relays}, "first_ring": {"hosts": dict.fromkeys(relays)}},
+        }
+    }
+    (fleet.workdir / "inventory.json").write_text(json.dumps(inventory))
+    env = dict(
+        os.environ,
+        PATH=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+    )
+    began = time.monotonic()
+    result = subprocess.run(
+        ["ansible-playbook", "-i", str(fleet.workdir / "inventory.json"), str(REPO / "playbooks" / "site.yml")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=40 * 60, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    changed = sorted(
+        {
+            task["task"]["name"]  # "role : task"
+            for play in report["plays"]
+            for task in play["tasks"]
+            if any(outcome.get("changed") for outcome in task["hosts"].values())
+        }
+    )
+    print(f"site.yml on the booted images: {time.monotonic() - began:.0f}s, changed tasks: {changed}")
+    assert result.returncode == 0, json.dumps(report["stats"]) + result.stderr[-3000:]
+    assert set(changed) <= INVENTORY_CHANGES, (
+        f"changed beyond the inventory: {sorted(set(changed) - INVENTORY_CHANGES)}"
+    )
+    for host in fleet.hosts:
+        status = json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} status --json"))
+        assert status["peers_up"] == len(fleet.vms) - 1, status

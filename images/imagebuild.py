@@ -32,8 +32,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from disk import DiskLayout, install_bootloader, write_partition_table
 from manifest import installed_packages, write_manifest, write_sbom
 

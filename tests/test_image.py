@@ -311,6 +311,16 @@ def test_identity_is_made_at_first_boot_before_supervisor(fleet: Fleet) -> None:
     assert 0 < int(identity) < int(supervisor), (identity, supervisor)
 
 
+def test_supervisor_and_the_relay_run_sandboxed(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    verdict = host.check_output("systemd-analyze security supervisor.service | tail -1")
+    exposure = float(re.search(r"exposure level for supervisor.service: ([0-9.]+)", verdict).group(1))  # type: ignore[union-attr]
+    print(verdict)
+    assert exposure <= 3.0, verdict
+    pid = host.check_output("supervisorctl pid ringmesh")
+    assert host.file(f"/proc/{pid}/status").content_string.count("NoNewPrivs:\t1") == 1
+
+
 def test_nftables_is_loaded_and_drops_by_default(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     assert host.service("nftables").is_enabled

@@ -352,7 +352,7 @@ def test_first_boot_takes_hostname_network_and_grows_the_root(fleet: Fleet) -> N
     first, second = fleet.vms
     for vm, host in zip(fleet.vms, fleet.hosts, strict=True):
         assert host.check_output("hostname") == vm.name
-        assert f"{vm.private_address}/24" in host.check_output("ip -o -4 addr show dev mesh")
+        assert f"{vm.private_address}/24" in host.check_output("ip -o -4 addr show")
         root_bytes = int(host.check_output("df --output=size -B1 / | tail -1"))
         assert root_bytes > 3.5 * 2**30, f"{vm.name}: root filesystem not grown to the 4 GiB disk ({root_bytes})"
     assert first.ssh(f"ping -c 1 -W 5 {second.private_address}", check=False).returncode == 0

@@ -132,8 +132,8 @@ class VM:
         network = {
             "version": 2,
             "ethernets": {
-                "uplink": {"match": {"macaddress": self.mac(1)}, "set-name": "uplink", "dhcp4": True},
-                "mesh": {"match": {"macaddress": self.mac(2)}, "set-name": "mesh",
+                "uplink": {"match": {"macaddress": self.mac(1)}, "dhcp4": True},
+                "mesh": {"match": {"macaddress": self.mac(2)},
                          "addresses": [f"{self.private_address}/24"]},
             },
         }  # fmt: skip

@@ -36,8 +36,12 @@ OUT = REPO / "build" / "images" / SUITE
 NAME = f"ringmesh-{SUITE}"
 LYNIS_BAR = 90
 RINGMESH = "/opt/ringmesh/venv/bin/ringmesh"
-# Markers of private keys in any of the usual encodings (OpenSSH, PKCS#1/#8, SEC1, encrypted).
-PRIVATE_KEY_MARKER = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+# A PEM private key (OpenSSH, PKCS#1/#8, SEC1, encrypted): the marker, optional headers,
+# then a body. ssh-keygen and friends hold the bare marker as a string; a key has the body.
+PRIVATE_KEY = re.compile(
+    rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\r?\n(?:[A-Za-z-]+: [^\n]*\n)*\r?\n?[A-Za-z0-9+/=]{64}"
+)
+PRIVATE_KEY_SPAN = 512  # bytes a window must overlap so no key is cut in two
 
 
 @dataclass
@@ -183,13 +187,13 @@ def test_failed_step_names_itself_and_leaves_no_image(build: BuildRun, tmp_path:
 def scan(stream: Any, patterns: list[bytes]) -> set[bytes]:
     """Patterns found in a byte stream (read in chunks that overlap by the longest pattern)."""
     found: set[bytes] = set()
-    overlap = max(len(p) for p in patterns)
+    overlap = max(PRIVATE_KEY_SPAN, *(len(p) for p in patterns))
     tail = b""
     while chunk := stream.read(1 << 24):
         window = tail + chunk
         found.update(p for p in patterns if p in window)
-        if PRIVATE_KEY_MARKER.search(window):
-            found.add(b"PRIVATE KEY")
+        if key := PRIVATE_KEY.search(window):
+            found.add(key.group(0)[:40])
         tail = window[-overlap:]
     return found
 

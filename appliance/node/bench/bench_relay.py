@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ringmesh.client import ClientNode
-from ringmesh.config import load_config
+from ringmesh.config import Config, RelayEntry, render_config
 from ringmesh.did import reply_mailbox_id
 from ringmesh.keystore import Keys, Keystore
 from ringmesh.link import LinkEndpoint, Session, SessionUp
@@ -62,23 +62,23 @@ def keystore(root: Path, name: str, role: int) -> Keys:
     return store.load()
 
 
+def pinned(relays: list[tuple[str, int]]) -> tuple[RelayEntry, ...]:
+    return tuple(RelayEntry.from_did(did, ("127.0.0.1", port)) for did, port in relays)
+
+
 def relay_config(root: Path, name: str, port: int, relays: list[tuple[str, int]]) -> Path:
-    path = root / f"{name}.toml"
-    text = f"""[node]
-role = "relay"
-name = "{name}"
-state_dir = "{root / name}"
-listen = "127.0.0.1:{port}"
-log_level = "warning"
-[metrics]
-listen = ""
-[mixing]
-mean_delay_ms = 0
-"""
-    for did, p in relays:
-        text += f'[[relays]]\ndid = "{did}"\naddress = "127.0.0.1:{p}"\n'
-    path.write_text(text)
-    return path
+    config = Config(
+        root / f"{name}.toml",
+        name=name,
+        state_dir=root / name,
+        listen=("127.0.0.1", port),
+        log_level="warning",
+        metrics_listen=None,
+        mean_delay_ms=0,
+        relays=pinned(relays),
+    )
+    config.path.write_text(render_config(config))
+    return config.path
 
 
 def start_relay(config: Path, root: Path) -> subprocess.Popen[bytes]:
@@ -232,12 +232,14 @@ async def _latency(root: Path, samples: int) -> list[float]:
     procs = [start_relay(relay_config(root, n, ports[n], pins), root) for n in names]
     try:
         client_keys = keystore(root, "lat-client", ROLE_CLIENT)
-        cfg_path = root / "lat-client.toml"
-        text = f'[node]\nrole = "client"\nstate_dir = "{root / "lat-client"}"\n'
-        text += f'[client]\nhome = "{keys["hop3"].did}"\n'
-        text += "".join(f'[[relays]]\ndid = "{d}"\naddress = "127.0.0.1:{p}"\n' for d, p in pins)
-        cfg_path.write_text(text)
-        node = ClientNode(load_config(cfg_path), client_keys)
+        config = Config(
+            root / "lat-client.toml",
+            role="client",
+            state_dir=root / "lat-client",
+            client_home=keys["hop3"].did,
+            relays=pinned(pins),
+        )
+        node = ClientNode(config, client_keys)
         await node.start()
         await asyncio.sleep(1.5)  # relays peer with each other
         first = await node.session(keys["hop1"].identity_public)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from .did import DidError, public_from_did
 
 DEFAULT_CONFIG = "/etc/ringmesh/node.toml"
@@ -27,6 +29,10 @@ class RelayEntry:
     did: str
     identity: bytes
     address: tuple[str, int]
+
+    @classmethod
+    def from_did(cls, did: str, address: tuple[str, int]) -> RelayEntry:
+        return cls(did, public_from_did(did), address)
 
 
 @dataclass(frozen=True)
@@ -227,3 +233,45 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         path_length=path_length,
         relays=tuple(relays),
     )
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def render_config(config: Config) -> str:
+    """node.toml text for config; parse_config reads it back as the same Config.
+
+    The single writer of the schema in Python (tests, benchmark); the Ansible role renders
+    the same schema from its Jinja template.
+    """
+    client: dict[str, Any] = {"path_length": config.path_length}
+    if config.client_home is not None:
+        client["home"] = config.client_home
+    document: dict[str, Any] = {
+        "node": {
+            "role": config.role,
+            "name": config.name,
+            "state_dir": str(config.state_dir),
+            "listen": _hostport(config.listen),
+            "advertise": config.advertise,
+            "log_level": config.log_level,
+        },
+        "keys": {"epoch_seconds": config.epoch_seconds, "grace_seconds": config.grace_seconds},
+        "metrics": {
+            "listen": "" if config.metrics_listen is None else _hostport(config.metrics_listen)
+        },
+        "mixing": {
+            "mean_delay_ms": config.mean_delay_ms,
+            "loop_rate": config.loop_rate,
+            "drop_rate": config.drop_rate,
+        },
+        "mailbox": {
+            "ttl_seconds": config.mailbox_ttl_seconds,
+            "max_packets": config.mailbox_max_packets,
+        },
+        "client": client,
+        "relays": [{"did": r.did, "address": _hostport(r.address)} for r in config.relays],
+    }
+    return tomli_w.dumps(document)

@@ -7,7 +7,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringmesh.onion import Hop, OnionError, build_header, build_packet, open_reply, peel
+from ringmesh import lioness, primitives
+from ringmesh import messaging as m
+from ringmesh.onion import Hop, OnionError, build_header, build_packet, peel, wrap_payload
 from ringmesh.replay import ReplayCache
 from ringmesh.wire import (
     CMD_DELIVER,
@@ -76,7 +78,7 @@ def test_reply_block_round_trip() -> None:
         _, out = unwrap(key, packet)
         packet = out.packet
     assert packet != ack  # every hop layered it
-    assert open_reply(header.payload_keys, packet) == ack
+    assert wrap_payload(header.payload_keys, packet) == ack
 
 
 def test_drop_command() -> None:
@@ -120,12 +122,64 @@ def test_random_packets_are_rejected_cleanly(data: bytes) -> None:
 
 
 def test_fast_paths_match_the_public_api() -> None:
-    from ringmesh import onion
-
     key, data = os.urandom(32), os.urandom(1000)
-    assert onion.keystream_xor(key, data) == onion._public_keystream_xor(key, data)
+    assert primitives.keystream_xor(key, data) == primitives.public_keystream_xor(key, data)
     raw = X25519PrivateKey.generate().public_key().public_bytes_raw()
     secret = X25519PrivateKey.generate()
-    assert secret.exchange(onion.x25519_public(raw)) == secret.exchange(onion._public_x25519(raw))
+    assert secret.exchange(primitives.x25519_public(raw)) == secret.exchange(
+        primitives.public_x25519(raw)
+    )
     with pytest.raises(ValueError):
-        onion.x25519_public(b"short")
+        primitives.x25519_public(b"short")
+
+
+def flip(packet: bytes, offset: int) -> bytes:
+    bad = bytearray(packet)
+    bad[offset] ^= 0x01
+    return bytes(bad)
+
+
+@pytest.mark.parametrize("restore", [True, False], ids=["flipped-back", "left-flipped"])
+def test_a_tagged_payload_is_destroyed_even_if_a_later_hop_untags_it(restore: bool) -> None:
+    """The first hop flips a payload bit; a colluding last hop flips it back (or not). The
+    honest middle hop's LIONESS layer turned the change into noise: the fragment is lost."""
+    recipient = X25519PrivateKey.generate()
+    keys, hops = make_path(3)
+    plain = m.split_message(m.new_message_id(), b"hello", os.urandom(m.REPLY_LEN))[0]
+    _, packet = build_packet(
+        hops, CMD_DELIVER, os.urandom(16), m.seal(recipient.public_key(), plain)
+    )
+
+    def deliver(tag_at: int | None) -> bytes:
+        p = packet
+        for i, key in enumerate(keys):
+            if tag_at is not None and i == 2 and restore:
+                p = flip(p, tag_at)  # the colluding last hop undoes the tag before peeling
+            p = unwrap(key, p)[1].packet
+            if tag_at is not None and i == 0:
+                p = flip(p, tag_at)  # the first hop tags what it forwards
+        return p
+
+    untouched = deliver(None)
+    assert m.open_envelope(recipient, untouched) == plain
+    for offset in (HEADER_LEN, HEADER_LEN + 5, HEADER_LEN + 40, ONION_LEN - 1):
+        tagged = deliver(offset)
+        with pytest.raises(m.EnvelopeError):
+            m.open_envelope(recipient, tagged)
+        # Not one byte of the envelope's ephemeral key survived, so no tag can be seen.
+        assert sum(a == b for a, b in zip(tagged[:32], untouched[:32], strict=True)) < 8
+
+
+def test_lioness_is_a_permutation_that_diffuses_every_bit() -> None:
+    key = lioness.LionessKey.from_bytes(os.urandom(lioness.KEY_LEN))
+    block = os.urandom(PAYLOAD_LEN)
+    sealed = lioness.encrypt(key, block)
+    assert lioness.decrypt(key, sealed) == block
+    assert lioness.encrypt(key, lioness.decrypt(key, block)) == block
+    for offset in (0, 31, 32, 500, PAYLOAD_LEN - 1):
+        changed = lioness.decrypt(key, flip(sealed, offset))
+        differing = sum(a != b for a, b in zip(changed, block, strict=True))
+        assert differing > 0.9 * PAYLOAD_LEN  # ~255/256 of the bytes change
+    assert key.to_bytes() == lioness.LionessKey.from_bytes(key.to_bytes()).to_bytes()
+    with pytest.raises(ValueError):
+        lioness.encrypt(key, bytes(32))

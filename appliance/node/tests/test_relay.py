@@ -11,7 +11,7 @@ from ringmesh.config import parse_config
 from ringmesh.did import ed25519_public_to_x25519, ed25519_seed_to_x25519, user_mailbox_id
 from ringmesh.keystore import Keys, Keystore
 from ringmesh.link import LinkEndpoint, Session, SessionUp
-from ringmesh.onion import Hop, build_header, build_packet, open_reply
+from ringmesh.onion import Hop, build_header, build_packet, wrap_payload
 from ringmesh.relay import Relay, decode_descriptors
 from ringmesh.wire import (
     CMD_DELIVER,
@@ -156,7 +156,7 @@ def test_relays_peer_and_deliver_a_message(tmp_path: Path) -> None:
     sender.send(s0, bytes([MSG_ONION]) + packet)
     net.run(0.5)
     assert net.relays[net.addrs[0]].counters["dropped:onion_replay"] == 1
-    assert open_reply((), b"x") == b"x"
+    assert wrap_payload((), b"x") == b"x"
 
 
 def test_rotation_keeps_old_onion_key_for_grace(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from .descriptor import Descriptor, DescriptorError
 from .did import ed25519_public_to_x25519, ed25519_seed_to_x25519, reply_mailbox_id, user_mailbox_id
 from .keystore import Keys
 from .link import HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
-from .onion import Hop, build_header, build_packet, open_reply
+from .lioness import LionessKey
+from .onion import Hop, build_header, build_packet, wrap_payload
 from .relay import decode_descriptors
 from .wire import (
     CMD_DELIVER,
@@ -244,7 +245,7 @@ async def send_message(
     recipient_x = ed25519_public_to_x25519(recipient)
     mailbox = user_mailbox_id(recipient)
     message_id = m.new_message_id()
-    attempts: list[tuple[tuple[bytes, ...], bytes]] = []
+    attempts: list[tuple[tuple[LionessKey, ...], bytes]] = []
     failures: dict[bytes, int] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -271,7 +272,7 @@ async def send_message(
             if box != reply_mbox:
                 continue
             for streams, key in attempts:
-                if m.open_ack(key, open_reply(streams, payload)) == message_id:
+                if m.open_ack(key, wrap_payload(streams, payload)) == message_id:
                     return SendResult(message_id, True, len(attempts))
         for hop in path[:-1]:
             failures[hop] = failures.get(hop, 0) + 1

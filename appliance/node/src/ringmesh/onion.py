@@ -4,7 +4,8 @@ Packet: alpha (32) | gamma (16) | beta (MAX_HOPS * SLOT_LEN) | payload (PAYLOAD_
 alpha is the hop's ephemeral X25519 public key; gamma is the hop's MAC over beta; beta holds
 one encrypted routing slot per remaining hop (command, next id, next alpha, next gamma),
 shifted by one slot at every hop and refilled with keystream, so every hop sees the same
-length and cannot tell its position. The payload is XORed with one keystream per hop.
+length and cannot tell its position. Each hop decrypts the payload with LIONESS under its own
+key, so a bit changed at one hop turns the whole payload into noise at the next (no tagging).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from . import lioness
+from .lioness import LionessKey
+from .primitives import keystream_xor
 from .wire import (
     ALPHA_LEN,
     BETA_LEN,
@@ -34,10 +36,9 @@ from .wire import (
     SLOT_LEN,
 )
 
-_PERSON = b"ringmesh-sphx-v1"
-_ZERO_NONCE = bytes(16)
+_PERSON = b"ringmesh-sphx-v2"
 _ZERO_SLOT = bytes(SLOT_LEN)
-_STREAM_LEN = BETA_LEN + SLOT_LEN + PAYLOAD_LEN
+_STREAM_LEN = BETA_LEN + SLOT_LEN
 
 
 class OnionError(ValueError):
@@ -45,47 +46,25 @@ class OnionError(ValueError):
 
 
 class HopKeys(NamedTuple):
-    """stream: ChaCha20 key whose keystream covers beta + one slot, then the payload."""
+    """stream: ChaCha20 key whose keystream covers beta and one fresh slot."""
 
     stream: bytes
     mac: bytes
     tag: bytes
+    payload: LionessKey
 
 
 def derive_hop_keys(shared: bytes) -> HopKeys:
-    # BLAKE2b keyed by the X25519 output is the KDF: one C call on the hot path
+    # BLAKE2b keyed by the X25519 output is the KDF: four C calls on the hot path
     # (HKDF objects cost ~10x more per packet in Python).
-    okm = hashlib.blake2b(b"keys", key=shared, person=_PERSON, digest_size=64).digest()
-    tag = hashlib.blake2b(b"replay", key=shared, person=_PERSON, digest_size=16).digest()
-    return HopKeys(okm[:32], okm[32:64], tag)
-
-
-def _public_keystream_xor(key: bytes, data: bytes) -> bytes:
-    return Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), mode=None).encryptor().update(data)
-
-
-def _public_x25519(raw: bytes) -> X25519PublicKey:
-    return X25519PublicKey.from_public_bytes(raw)
-
-
-# Hot-path shortcuts into pyca/cryptography's own backend (the version is pinned): they skip
-# the Python-level argument checks that cost ~40% of a small ChaCha20 call. Same primitives,
-# same results (tests compare both); the public API is the fallback.
-keystream_xor: Callable[[bytes, bytes], bytes] = _public_keystream_xor
-x25519_public: Callable[[bytes], X25519PublicKey] = _public_x25519
-try:
-    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
-
-    _create_ctx = _rust_openssl.ciphers.create_encryption_ctx
-
-    def _fast_keystream_xor(key: bytes, data: bytes) -> bytes:
-        return bytes(_create_ctx(algorithms.ChaCha20(key, _ZERO_NONCE), None).update(data))
-
-    if _fast_keystream_xor(bytes(32), bytes(8)) == _public_keystream_xor(bytes(32), bytes(8)):
-        keystream_xor = _fast_keystream_xor
-        x25519_public = _rust_openssl.x25519.from_public_bytes
-except (ImportError, AttributeError, TypeError):  # pragma: no cover - other library layouts
-    pass
+    blake2b = hashlib.blake2b
+    header = blake2b(b"header", key=shared, person=_PERSON).digest()
+    payload = (
+        blake2b(b"payload-1", key=shared, person=_PERSON).digest()
+        + blake2b(b"payload-2", key=shared, person=_PERSON).digest()
+    )
+    tag = blake2b(b"replay", key=shared, person=_PERSON, digest_size=16).digest()
+    return HopKeys(header[:32], header[32:], tag, LionessKey.from_bytes(payload))
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -108,7 +87,7 @@ class Header:
 
     first_hop: bytes
     data: bytes
-    payload_keys: tuple[bytes, ...]  # each hop's payload keystream (PAYLOAD_LEN bytes)
+    payload_keys: tuple[LionessKey, ...]  # one per hop, in path order
 
 
 def build_header(hops: list[Hop], final_cmd: int, final_id: bytes) -> Header:
@@ -125,7 +104,7 @@ def build_header(hops: list[Hop], final_cmd: int, final_id: bytes) -> Header:
     filler = b""
     for i in range(n - 1):
         padded = filler + _ZERO_SLOT
-        filler = _xor(padded, streams[i][BETA_LEN + SLOT_LEN - len(padded) : BETA_LEN + SLOT_LEN])
+        filler = _xor(padded, streams[i][_STREAM_LEN - len(padded) :])
 
     last_slot = bytes([final_cmd]) + final_id + os.urandom(ALPHA_LEN + GAMMA_LEN)
     body = last_slot + os.urandom(BETA_LEN - SLOT_LEN - len(filler))
@@ -135,8 +114,7 @@ def build_header(hops: list[Hop], final_cmd: int, final_id: bytes) -> Header:
         slot = bytes([CMD_FORWARD]) + hops[i + 1].node_id + alphas[i + 1] + gamma
         beta = _xor(slot + beta[: BETA_LEN - SLOT_LEN], streams[i][:BETA_LEN])
         gamma = _mac(keys[i].mac, beta)
-    payload_streams = tuple(s[BETA_LEN + SLOT_LEN :] for s in streams)
-    return Header(hops[0].node_id, alphas[0] + gamma + beta, payload_streams)
+    return Header(hops[0].node_id, alphas[0] + gamma + beta, tuple(k.payload for k in keys))
 
 
 def build_packet(
@@ -146,13 +124,16 @@ def build_packet(
     if len(payload) != PAYLOAD_LEN:
         raise OnionError("payload has the wrong length")
     header = build_header(hops, final_cmd, final_id)
-    return header.first_hop, header.data + open_reply(header.payload_keys, payload)
+    return header.first_hop, header.data + wrap_payload(header.payload_keys, payload)
 
 
-def open_reply(payload_streams: tuple[bytes, ...], payload: bytes) -> bytes:
-    """XOR on (or strip) every hop's payload keystream; XOR layers commute."""
-    for stream in payload_streams:
-        payload = _xor(payload, stream)
+def wrap_payload(payload_keys: tuple[LionessKey, ...], payload: bytes) -> bytes:
+    """Encrypt under every hop's key, last hop first: each hop then decrypts one layer.
+
+    For a reply header the same call undoes what the hops did to the replier's payload.
+    """
+    for key in reversed(payload_keys):
+        payload = lioness.encrypt(key, payload)
     return payload
 
 
@@ -168,16 +149,16 @@ def peel(shared: bytes, packet: bytes) -> tuple[HopKeys, Unwrapped]:
     beta = packet[ALPHA_LEN + GAMMA_LEN : HEADER_LEN]
     if not hmac.compare_digest(_mac(keys.mac, beta), packet[ALPHA_LEN : ALPHA_LEN + GAMMA_LEN]):
         raise OnionError("header MAC does not verify")
-    # One keystream pass over beta, the fresh slot and the payload.
-    plain = keystream_xor(keys.stream, beta + _ZERO_SLOT + packet[HEADER_LEN:])
+    plain = keystream_xor(keys.stream, beta + _ZERO_SLOT)
     cmd = plain[0]
     next_id = plain[1 : 1 + NODE_ID_LEN]
+    if cmd not in (CMD_FORWARD, CMD_DELIVER, CMD_DROP):
+        raise OnionError("unknown routing command")
+    payload = lioness.decrypt(keys.payload, packet[HEADER_LEN:])
     if cmd == CMD_FORWARD:
-        # next alpha, next gamma, shifted beta and payload are contiguous in `plain`.
-        return keys, Unwrapped(cmd, next_id, plain[1 + NODE_ID_LEN :])
-    if cmd in (CMD_DELIVER, CMD_DROP):
-        return keys, Unwrapped(cmd, next_id, plain[BETA_LEN + SLOT_LEN :])
-    raise OnionError("unknown routing command")
+        # next alpha, next gamma and the shifted beta are contiguous in `plain`.
+        return keys, Unwrapped(cmd, next_id, plain[1 + NODE_ID_LEN :] + payload)
+    return keys, Unwrapped(cmd, next_id, payload)
 
 
 def split_alpha(packet: bytes) -> bytes:

@@ -21,7 +21,8 @@ from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
 from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
 from .keystore import Keys, iso
 from .link import HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
-from .onion import Hop, OnionError, build_packet, peel, x25519_public
+from .onion import Hop, OnionError, build_packet, peel
+from .primitives import x25519_public
 from .replay import ReplayCache
 from .wire import (
     ALPHA_LEN,

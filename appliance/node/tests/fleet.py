@@ -53,11 +53,17 @@ class Node:
     did: str = ""
     proc: subprocess.Popen[bytes] | None = None
     advertised_port: int = 0  # what the others dial (may be a recording proxy)
+    command: list[str] = field(default_factory=lambda: list(RINGMESH))  # how to run it
 
 
-# Small mixing delays so the tests take seconds.
-RELAY_VALUES: dict[str, object] = {"mean_delay_ms": 2, "mailbox_ttl_seconds": 600}
-CLIENT_VALUES: dict[str, object] = {}
+# Fast Loopix rates so the tests take seconds: a 10 KiB message (13 fragments) leaves a
+# client in about 0.3 s, each hop holds a packet about 2 ms.
+RELAY_VALUES: dict[str, object] = {
+    "mean_delay_ms": 2,
+    "loop_rate": 2.0,
+    "mailbox_ttl_seconds": 600,
+}
+CLIENT_VALUES: dict[str, object] = {"mean_delay_ms": 2, "send_rate": 50.0, "client_loop_rate": 5.0}
 
 
 @dataclass
@@ -127,7 +133,7 @@ class Fleet:
     def start(self, node: Node) -> None:
         log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - lives with the process
         node.proc = subprocess.Popen(
-            [*RINGMESH, "run", "--config", str(node.config)],
+            [*node.command, "run", "--config", str(node.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -136,6 +142,7 @@ class Fleet:
         for relay in self.relays:
             self.start(relay)
         self.wait_peers_up(self.relays, len(self.relays) - 1)
+        self.wait_directory(self.relays)
 
     def status(self, node: Node) -> dict[str, Any] | None:
         out = ringmesh("status", "--json", config=node.config, timeout=10)
@@ -152,6 +159,19 @@ class Fleet:
                 return
             time.sleep(0.3)
         raise AssertionError(f"peers did not come up: {states}")
+
+    def wait_directory(self, nodes: list[Node], timeout: float = 30) -> str:
+        """Wait until every relay serves the same majority-signed directory; its digest."""
+        deadline = time.monotonic() + timeout
+        served: set[object] = set()
+        while time.monotonic() < deadline:
+            states = [self.status(n) for n in nodes]
+            served = {s["directory"]["served_digest"] if s else None for s in states}
+            views = {s["directory"]["view_digest"] if s else None for s in states}
+            if len(served) == 1 and served == views and None not in served:
+                return str(served.pop())
+            time.sleep(0.3)
+        raise AssertionError(f"no common directory: {served}")
 
     def stop(self, node: Node) -> None:
         if node.proc is not None and node.proc.poll() is None:

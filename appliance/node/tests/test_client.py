@@ -227,3 +227,39 @@ def test_an_unreachable_home_relay_fails_after_the_connect_timeout(tmp_path: Pat
     assert 6.0 <= net.now - started <= 6.5
     # handshakes are retried with a pause, not in a tight loop
     assert len([s for s in net.wire if s.src == alice.addr]) <= 12
+
+
+def test_any_message_from_the_home_relay_is_handled(tmp_path: Path) -> None:
+    """Fuzz the client behind its authenticated session: whatever its home relay sends,
+    including items that name a reply block the client issued, never raises."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    net = SimNet(tmp_path, 4)
+    alice, bob = net.add_client("alice", 0), net.add_client("bob", 1)
+    net.connect(alice, bob)
+    alice.client.send_message(b"x", bob.keys.identity_public, net.keys[1].identity_public, net.now)
+    net.run(0.01)
+    (issued,) = net.events_of(alice, ReplyKeysIssued)
+    home = net.relays[net.addrs[0]]
+    session = next(
+        s for s in home.link.sessions.values() if s.peer_identity == alice.keys.identity_public
+    )
+    mailbox = alice.client.user_mailbox
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        kind=st.sampled_from([0x06, 0x09, 0x0A, 0x03, 0x42]),
+        known=st.booleans(),
+        body=st.binary(max_size=1365),
+    )
+    def feed(kind: int, known: bool, body: bytes) -> None:
+        if kind == 0x09 and known:
+            body = mailbox + issued.surb_id + body
+        datagram = home.link.seal(session, bytes([kind]) + body)
+        alice.client.receive_datagram(datagram, net.addrs[0], net.now)
+        alice.client.handle_timer(net.now)
+        alice.client.datagrams_to_send()
+
+    feed()
+    assert alice.client.state.value == "ready"

@@ -695,6 +695,9 @@ class Client:
     # --- receiving -----------------------------------------------------------------------------
 
     def _on_item(self, mailbox_id: bytes, surb_id: bytes, payload: bytes, now: float) -> None:
+        if len(payload) != PAYLOAD_LEN:
+            self.counters[dropped(Drop.UNEXPECTED_ITEM)] += 1
+            return
         keys = self._surbs.get(surb_id)
         if keys is not None:
             self._on_surb_payload(surb_id, keys, payload)

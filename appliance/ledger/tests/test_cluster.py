@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,3 +276,67 @@ def test_no_value_is_created(fleet: Fleet) -> None:
         assert utxo_id in openings
     expected = group.commit(issued - fees, sum(o.blinding for o in openings.values()))
     assert total == expected
+
+
+def _cli(fleet: Fleet, wallet: Path, *args: str) -> Any:
+    config = fleet.nodes[0].config_file
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringmesh_ledger.cli",
+            "--config",
+            str(config),
+            "--wallet",
+            str(wallet),
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_cli_wallet_and_service_commands(fleet: Fleet, tmp_path: Path) -> None:
+    issuer_dir, alice_dir, bob_dir = tmp_path / "issuer", tmp_path / "alice", tmp_path / "bob"
+    issuer_dir.mkdir(mode=0o700)
+    (issuer_dir / "wallet.key").write_bytes(fleet.issuer.seed)
+    (issuer_dir / "wallet.key").chmod(0o600)
+    alice = str(_cli(fleet, alice_dir, "keys", "init")["did"])
+    bob = str(_cli(fleet, bob_dir, "keys", "init")["did"])
+    assert _cli(fleet, alice_dir, "keys", "show")["did"] == alice
+    assert _cli(fleet, issuer_dir, "issue", "--to", alice, "--amount", "500")["applied"]
+    assert _cli(fleet, alice_dir, "balance")["balance"] == 500
+    assert _cli(fleet, alice_dir, "transfer", "--to", bob, "--amount", "120", "--fee", "2")[
+        "applied"
+    ]
+    assert _cli(fleet, bob_dir, "balance")["balance"] == 120
+    assert _cli(fleet, alice_dir, "balance")["balance"] == 378
+    memo = _cli(fleet, alice_dir, "memo", "create", "--amount", "8", "--data", "hello")
+    state = _cli(fleet, alice_dir, "state", "create", "--amount", "10", "--data", "v0")
+    updated = _cli(fleet, alice_dir, "state", "update", "--id", str(state["id"]), "--data", "v1")
+    assert memo["applied"] and state["applied"] and updated["applied"]
+    held = _cli(fleet, alice_dir, "balance")
+    assert held["balance"] == 360
+    assert {(m["type"], m["value"]) for m in held["memos_and_states"]} == {
+        ("OutputMemo", 8),
+        ("OutputState", 10),
+    }
+    status = _cli(fleet, alice_dir, "status")
+    assert status["utxos"]["coin"] >= 2
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringmesh_ledger.cli",
+            "--config",
+            str(tmp_path / "missing.toml"),
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "missing.toml does not exist" in bad.stderr

@@ -156,6 +156,28 @@ class LedgerService:
             "outputs": created,
         }
 
+    async def _commit(
+        self, absent: list[bytes], puts: list[tuple[bytes, bytes]], data: bytes
+    ) -> int:
+        """Commit, retrying while etcd elects a leader; a retry that finds our own transaction
+        already recorded (the first attempt did commit) counts as success."""
+        for attempt in range(4):
+            try:
+                succeeded, revision = await self.etcd.create_all(absent, puts)
+            except etcd.EtcdError:
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            if succeeded:
+                return revision
+            if attempt:
+                kvs, _, _ = await self.etcd.range_prefix(absent[0])
+                if kvs and kvs[0].key == absent[0] and kvs[0].value == data:
+                    return kvs[0].create_revision
+            break
+        raise Rejected(Reject.DOUBLE_SPEND, "an input was spent by a transaction committed first")
+
     # HTTP API ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

@@ -6,21 +6,23 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-infra bench clean
+.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-ledger test-infra bench bench-ledger clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, the fleet end to end"
 	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make bench-ledger  the ledger's proof and commit benchmark"
 
 bootstrap:
 	scripts/bootstrap-host
 
-$(VENV)/.stamp: requirements-dev.txt appliance/node/pyproject.toml
+$(VENV)/.stamp: requirements-dev.txt appliance/node/pyproject.toml appliance/ledger/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	$(VENV)/bin/pip install -q -e 'appliance/node[test]'
+	$(VENV)/bin/pip install -q -e 'appliance/ledger[test]'
 	touch $@
 
 venv: bootstrap $(VENV)/.stamp
@@ -46,6 +48,10 @@ lint: venv
 test-node: venv
 	python -m harness.suite node
 
+# The ledger's tests start their own etcd and PostgreSQL servers (Debian's, from bootstrap).
+test-ledger: venv
+	python -m harness.suite ledger
+
 test-infra: venv images
 	python -m harness.suite infra
 
@@ -55,6 +61,9 @@ test: venv images
 
 bench: venv
 	python appliance/node/bench/bench_relay.py
+
+bench-ledger: venv
+	python appliance/ledger/bench/bench_ledger.py
 
 clean: lab-down
 	rm -rf $(VENV)

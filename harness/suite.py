@@ -1,7 +1,7 @@
 """Every test of the repository, in stages, with a table of how long each took at the end.
 
     python -m harness.suite            every stage (`make test`, which CI runs)
-    python -m harness.suite lint node  only these stages (lint, node, infra)
+    python -m harness.suite lint node  only these stages (lint, node, ledger, infra)
 
 Every step runs even when an earlier one failed, so one run shows everything that is wrong;
 the exit status is non-zero when any step failed. Steps of one stage marked `parallel` run at
@@ -48,7 +48,9 @@ STEPS = [
     Step("lint", "ruff", ["ruff", "check", ".", "lab/lab"]),
     Step("lint", "mypy", ["mypy"]),
     Step("lint", "mypy node", ["mypy"], REPO / "appliance" / "node"),
+    Step("lint", "mypy ledger", ["mypy"], REPO / "appliance" / "ledger"),
     pytest_step("node", "node tests", "-q", "appliance/node/tests"),
+    pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     pytest_step("infra", "fleet", "-v", "tests/test_fleet.py", parallel=True),
     pytest_step("infra", "roles", "-v", "tests/test_role_checks.py", "tests/test_molecule.py", parallel=True),
 ]

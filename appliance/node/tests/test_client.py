@@ -172,6 +172,20 @@ def test_with_two_mixes_and_one_dead_the_client_finds_the_live_one(tmp_path: Pat
     assert alice.client.counters["loops_late"] > 0
 
 
+def test_loops_still_visit_suspected_relays_so_a_live_one_is_cleared(tmp_path: Path) -> None:
+    """Loops are the probe that clears failure marks; were they routed around suspects, a
+    live relay once wrongly suspected (slow links) would stay suspected for good."""
+    net = SimNet(tmp_path, 4)
+    alice = net.add_client("alice", 0)
+    net.connect(alice)
+    dead, live = net.keys[2].identity_public, net.keys[3].identity_public
+    net.tamper = lambda _t, _src, dst, datagram: None if dst == net.addrs[2] else datagram
+    alice.client._failures.update({dead: 5, live: 5})
+    net.run(20.0)
+    assert live not in alice.client._failures
+    assert alice.client._failures[dead] > 5
+
+
 def test_a_home_relay_that_shapes_the_directory_is_refused(tmp_path: Path) -> None:
     net = SimNet(tmp_path, 4)
     home = net.relays[net.addrs[0]]

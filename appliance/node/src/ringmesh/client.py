@@ -573,7 +573,9 @@ class Client:
     def _send_loop(self, now: float) -> None:
         if self.session is None or not self.session.ready:
             return
-        path = self._route(self.home.identity, self.home.identity, now)
+        # A loop ignores failure marks: it is also the probe that clears them, and a relay
+        # that loops never visit again could never be cleared.
+        path = self._route(self.home.identity, self.home.identity, now, probe=True)
         if path is None:
             return
         loop_id = os.urandom(SURB_ID_LEN)
@@ -590,7 +592,12 @@ class Client:
         self.session.last_send = now
 
     def _route(
-        self, entry: bytes, exit_: bytes, now: float, avoid: frozenset[bytes] = frozenset()
+        self,
+        entry: bytes,
+        exit_: bytes,
+        now: float,
+        avoid: frozenset[bytes] = frozenset(),
+        probe: bool = False,
     ) -> list[bytes] | None:
         try:
             return m.route(
@@ -598,7 +605,7 @@ class Client:
                 entry,
                 exit_,
                 self.config.path_length,
-                self._failures,
+                {} if probe else self._failures,
                 self.rng,
                 avoid,
                 SUSPECT,

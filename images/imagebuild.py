@@ -247,6 +247,8 @@ class Build:
             ],
             env,
         )
+        # Ansible's working directory in the chroot lives as long as Ansible runs there.
+        self.remove_tree(self.rootfs / "root/.ansible")
 
     def check_checklist(self) -> None:
         """The systemd image checklist, read from the finished rootfs (the cleanup role did the work)."""
@@ -261,6 +263,7 @@ class Build:
             "var/lib/systemd/credential.secret",
             NODE_KEYSTORE,
             "root/.bash_history",
+            "root/.ansible",
             "usr/sbin/policy-rc.d",
         ]
         problems += [f"/{p} exists" for p in leftovers if (self.rootfs / p).exists() or (self.rootfs / p).is_symlink()]

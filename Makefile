@@ -6,7 +6,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help bootstrap venv base-images images image lab lab-down lint test test-node test-ledger test-infra bench bench-ledger clean
+.PHONY: help bootstrap venv base-images images image lab lab-down lint test test-node test-ledger test-infra test-images bench bench-ledger clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
@@ -59,6 +59,10 @@ test-ledger: venv
 
 test-infra: venv images
 	python -m harness.suite infra
+
+# The appliance image built and booted (two VMs under QEMU), and the Vagrantfile validated.
+test-images: venv
+	python -m harness.suite images
 
 # Every stage, then a table of how long each step and each test took.
 test: venv images

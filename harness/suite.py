@@ -1,7 +1,7 @@
 """Every test of the repository, in stages, with a table of how long each took at the end.
 
     python -m harness.suite            every stage (`make test`, which CI runs)
-    python -m harness.suite lint node  only these stages (lint, node, ledger, infra)
+    python -m harness.suite lint node  only these stages (lint, node, ledger, infra, images)
 
 Every step runs even when an earlier one failed, so one run shows everything that is wrong;
 the exit status is non-zero when any step failed. Steps of one stage marked `parallel` run at
@@ -53,6 +53,9 @@ STEPS = [
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     pytest_step("infra", "fleet", "-v", "tests/test_fleet.py", parallel=True),
     pytest_step("infra", "roles", "-v", "tests/test_role_checks.py", "tests/test_molecule.py", parallel=True),
+    # After the fleet and the roles: it builds the appliance image and boots two VMs of it,
+    # which would compete with them for the two cores.
+    pytest_step("images", "images", "-v", "tests/test_disk.py", "tests/test_image.py", "tests/test_vagrant.py"),
 ]
 
 
@@ -144,8 +147,18 @@ def main(groups: list[str]) -> int:
         old.unlink()
     os.environ.setdefault("PY_COLORS", "0")
     chosen = [step for step in STEPS if not groups or step.group in groups]
-    outcomes = [run(step) for step in chosen if not step.parallel]
-    outcomes += run_together([step for step in chosen if step.parallel])
+    outcomes: list[Outcome] = []
+    together: list[Step] = []
+    # In the order of STEPS; consecutive parallel steps run together.
+    for step in [*chosen, None]:
+        if step is not None and step.parallel:
+            together.append(step)
+            continue
+        if together:
+            outcomes += run_together(together)
+            together = []
+        if step is not None:
+            outcomes.append(run(step))
     return report(outcomes)
 
 

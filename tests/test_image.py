@@ -30,12 +30,14 @@ import pytest
 import testinfra
 from vm import VM, Namespace, VMError
 
+from harness.ansible import run_playbook
+from harness.verify import ringmesh
+
 REPO = Path(__file__).resolve().parent.parent
 SUITE = os.environ.get("RINGMESH_IMAGE_SUITE", "trixie")
 OUT = REPO / "build" / "images" / SUITE
 NAME = f"ringmesh-{SUITE}"
 LYNIS_BAR = 90
-RINGMESH = "/opt/ringmesh/venv/bin/ringmesh"
 # A PEM private key (OpenSSH, PKCS#1/#8, SEC1, encrypted): the marker, optional headers,
 # then a body. ssh-keygen and friends hold the bare marker as a string; a key has the body.
 PRIVATE_KEY = re.compile(
@@ -274,7 +276,7 @@ def fleet(build: BuildRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
         with ThreadPoolExecutor(max_workers=len(vms)) as pool:
             list(pool.map(lambda vm: vm.boot(), vms))
         for vm in vms:
-            ready = vm.wait_for(f"sudo -u ringmesh {RINGMESH} status --json", deadline=600)
+            ready = vm.wait_for("sudo ringmesh status --json", deadline=600)
             print(
                 f"{vm.name}: SSH after {vm.boot_seconds:.0f}s, relay ready after {ready:.0f}s "
                 f"(hung boots retried: {len(vm.attempts)})"
@@ -295,7 +297,7 @@ def fleet(build: BuildRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 
 def node_identity(host: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} keys show --public --json"))
+    result: dict[str, Any] = ringmesh(host, "keys", "show", "--public")
     return result
 
 
@@ -307,7 +309,7 @@ def test_node_runs_under_supervisor_as_ringmesh(fleet: Fleet) -> None:
         assert host.check_output(f"ps -o user= -p {pid}").strip() == "ringmesh"
         supervisord = host.check_output(f"ps -o ppid= -p {pid}").strip()
         assert "supervisord" in host.check_output(f"ps -o args= -p {supervisord}")
-        assert json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} status --json"))["pid"] == pid
+        assert ringmesh(host, "status")["pid"] == pid
 
 
 def test_identity_is_made_at_first_boot_before_supervisor(fleet: Fleet) -> None:
@@ -430,31 +432,18 @@ def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fl
         }
     }
     (fleet.workdir / "inventory.json").write_text(json.dumps(inventory))
-    env = dict(
-        os.environ,
-        PATH=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+    run = run_playbook(
+        REPO / "playbooks" / "site.yml",
+        fleet.workdir / "inventory.json",
+        log=fleet.workdir / "site.jsonl",
+        timeout=40 * 60,
     )
-    began = time.monotonic()
-    result = subprocess.run(
-        ["ansible-playbook", "-i", str(fleet.workdir / "inventory.json"), str(REPO / "playbooks" / "site.yml")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=40 * 60, check=False,
-    )  # fmt: skip
-    report = json.loads(result.stdout[result.stdout.index("{") :])
-    changed = sorted(
-        {
-            task["task"]["name"]  # "role : task"
-            for play in report["plays"]
-            for task in play["tasks"]
-            if any(outcome.get("changed") for outcome in task["hosts"].values())
-        }
-    )
-    print(f"site.yml on the booted images: {time.monotonic() - began:.0f}s, changed tasks: {changed}")
-    assert result.returncode == 0, json.dumps(report["stats"]) + result.stderr[-3000:]
+    changed = sorted({result.task for result in run.changed()})
+    print(f"site.yml on the booted images: {run.seconds:.0f}s, changed tasks: {changed}")
+    assert run.ok, run.explain()
     assert set(changed) <= INVENTORY_CHANGES, (
-        f"changed beyond the inventory: {sorted(set(changed) - INVENTORY_CHANGES)}"
+        f"changed beyond the inventory: {sorted(set(changed) - INVENTORY_CHANGES)}\n{run.explain()}"
     )
     for host in fleet.hosts:
-        status = json.loads(host.check_output(f"sudo -u ringmesh {RINGMESH} status --json"))
+        status = ringmesh(host, "status")
         assert status["peers_up"] == len(fleet.vms) - 1, status

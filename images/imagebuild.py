@@ -264,6 +264,7 @@ class Build:
             NODE_KEYSTORE,
             "root/.bash_history",
             "root/.ansible",
+            "etc/hostname",
             "usr/sbin/policy-rc.d",
         ]
         problems += [f"/{p} exists" for p in leftovers if (self.rootfs / p).exists() or (self.rootfs / p).is_symlink()]

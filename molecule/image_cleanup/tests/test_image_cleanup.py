@@ -26,11 +26,15 @@ def test_machine_id_is_empty_and_dbus_links_to_it(host: testinfra.host.Host) -> 
         "/root/.python_history",
         "/var/tmp/build-scratch",
         "/var/log/apt/history.log",
-        "/etc/hostname",
     ],
 )
 def test_per_machine_and_build_files_are_gone(host: testinfra.host.Host, path: str) -> None:
     assert not host.file(path).exists
+
+
+def test_the_hostname_podman_mounts_is_left_to_podman(host: testinfra.host.Host) -> None:
+    """In a chroot the role removes /etc/hostname; in this container podman owns it."""
+    assert host.file("/etc/hostname").exists
 
 
 def test_no_ssh_host_keys(host: testinfra.host.Host) -> None:

@@ -42,7 +42,6 @@ MAKE = re.compile(r"(?<![\w/.-])make((?:\s+[a-z][\w-]*)+)")
 TEST_REF = re.compile(r"(?<![\w/.-])([\w./-]+\.py)::(\w+)")
 CLI = re.compile(r"(?<![\w/.-])(ringmesh(?:-ledger)?)(?![\w.-])")
 WORD = re.compile(r"[a-z][a-z-]*")
-# A path may not be followed by a placeholder (`roles/<role>`) or a glob (`appliance/*/bench`).
 PATH_CHARS = r"[\w.-]+(?:/[\w.-]+)*"
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 
@@ -65,6 +64,7 @@ def machine_paths(name: str) -> list[re.Pattern[str]]:
     ]
 
 
+@cache
 def git_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     return [name for name in out.decode().split("\0") if name and (REPO / name).is_file()]
@@ -72,6 +72,7 @@ def git_files() -> list[str]:
 
 MARKDOWN = sorted(name for name in git_files() if name.endswith(".md"))
 TOP_LEVEL = sorted({name.split("/")[0] for name in git_files() if "/" in name})
+# A repository path; not one followed by a placeholder (`roles/<role>`) or a glob (`appliance/*/bench`).
 REPO_PATH = re.compile(rf"(?<![\w/.<-])((?:\./)?(?:{'|'.join(map(re.escape, TOP_LEVEL))})/{PATH_CHARS})(?![\w/<*{{])")
 
 
@@ -85,19 +86,24 @@ def code_of(text: str) -> list[str]:
     return [s.strip() for s in snippets if s.strip()]
 
 
+@cache
+def snippets() -> list[tuple[str, str]]:
+    """(document, code snippet) for every Markdown file."""
+    return [(doc, snippet) for doc in MARKDOWN for snippet in code_of((REPO / doc).read_text())]
+
+
 def named(pattern: re.Pattern[str], group: int = 1, per_document: bool = False) -> list[tuple[str, str]]:
     """(document, match) for every match of pattern in the documents' code: once per document
     that names it, or only where it is first named."""
     seen: dict[tuple[str, str], str] = {}
-    for doc in MARKDOWN:
-        for snippet in code_of((REPO / doc).read_text()):
-            for match in pattern.finditer(snippet):
-                item = match.group(group).strip()
-                seen.setdefault((doc if per_document else "", item), doc)
+    for doc, snippet in snippets():
+        for match in pattern.finditer(snippet):
+            item = match.group(group).strip()
+            seen.setdefault((doc if per_document else "", item), doc)
     return sorted(((doc, item) for (_, item), doc in seen.items()), key=lambda case: (case[1], case[0]))
 
 
-def on_disk(path: str, doc: str = "README.md") -> Path:
+def on_disk(path: str, doc: str) -> Path:
     """Where a path named in doc is: from the repository root, else (a package's README naming
     its own tests/) from the document's directory."""
     path = path.removeprefix("./")
@@ -162,17 +168,16 @@ def test_named_path_exists(doc: str, path: str) -> None:
 def commands() -> list[tuple[str, str]]:
     """(document, path) for every repository path that starts a command line."""
     found: dict[str, str] = {}
-    for doc in MARKDOWN:
-        for snippet in code_of((REPO / doc).read_text()):
-            words = snippet.split()
-            while words and (words[0] == "sudo" or ENV_ASSIGNMENT.match(words[0])):
-                words = words[1:]
-            if not words or not REPO_PATH.fullmatch(words[0]):
-                continue
-            script = on_disk(words[0], doc)
-            # A file with arguments, or a bare file without a suffix (`lab/lab`), is run.
-            if script.is_file() and (len(words) > 1 or not script.suffix):
-                found.setdefault(words[0], doc)
+    for doc, snippet in snippets():
+        words = snippet.split()
+        while words and (words[0] == "sudo" or ENV_ASSIGNMENT.match(words[0])):
+            words = words[1:]
+        if not words or not REPO_PATH.fullmatch(words[0]):
+            continue
+        script = on_disk(words[0], doc)
+        # A file with arguments, or a bare file without a suffix (`lab/lab`), is run.
+        if script.is_file() and (len(words) > 1 or not script.suffix):
+            found.setdefault(words[0], doc)
     return [(doc, path) for path, doc in sorted(found.items())]
 
 
@@ -216,11 +221,10 @@ def subcommands(tokens: list[str]) -> list[list[str]]:
 
 def cli_commands() -> list[tuple[str, str]]:
     found: dict[str, str] = {}
-    for doc in MARKDOWN:
-        for snippet in code_of((REPO / doc).read_text()):
-            for match in CLI.finditer(snippet):
-                for chain in subcommands(snippet[match.end() :].split()):
-                    found.setdefault(" ".join([match.group(1), *chain]), doc)
+    for doc, snippet in snippets():
+        for match in CLI.finditer(snippet):
+            for chain in subcommands(snippet[match.end() :].split()):
+                found.setdefault(" ".join([match.group(1), *chain]), doc)
     return [(doc, command) for command, doc in sorted(found.items())]
 
 

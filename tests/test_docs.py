@@ -7,8 +7,8 @@ without their shell comments) names is checked against the repository:
   with the example inventory;
 - every `make TARGET` is a target of the Makefile;
 - every repository path exists (`inventories/myfleet/...` is the example inventory copied),
-  a path that starts a command line is an executable file, and `FILE.py::test_name` names a
-  test that FILE defines;
+  a file named without its directory (`smoke.yml`) exists somewhere, a path that starts a
+  command line is an executable file, and `FILE.py::test_name` names a test that FILE defines;
 - every `ringmesh ...` and `ringmesh-ledger ...` command answers `--help` with exit 0;
 - every relative link between the files resolves, down to the heading an anchor names.
 
@@ -158,11 +158,20 @@ def test_named_make_target_exists(doc: str, target: str) -> None:
 
 
 PATHS = named(REPO_PATH, per_document=True)
+# A file named without its directory (`smoke.yml`, `converge.yml`, `suite.py`): one of the
+# repository's own kinds of file (configs on hosts, like node.toml, are not in the repository).
+BARE_FILE = re.compile(r"(?<![\w/.-])([\w-]+\.(?:ya?ml|py|md|j2))(?![\w/.-])")
+BARE_FILES = named(BARE_FILE)
 
 
 @pytest.mark.parametrize(("doc", "path"), PATHS, ids=ids(PATHS))
 def test_named_path_exists(doc: str, path: str) -> None:
     assert on_disk(path, doc).exists(), f"{doc} names {path}, which does not exist"
+
+
+@pytest.mark.parametrize(("doc", "name"), BARE_FILES, ids=ids(BARE_FILES))
+def test_named_file_exists_somewhere(doc: str, name: str) -> None:
+    assert any(Path(path).name == name for path in git_files()), f"{doc} names {name}, which no directory holds"
 
 
 def commands() -> list[tuple[str, str]]:
@@ -283,4 +292,4 @@ def test_no_tracked_file_holds_a_build_machine_path() -> None:
 def test_the_documents_name_something() -> None:
     """Guards the extraction itself: an empty list would make every check above pass vacuously."""
     assert len(PLAYBOOKS) >= 4 and len(MAKE_TARGETS) >= 5 and len(CLI_COMMANDS) >= 5
-    assert len(PATHS) >= 20 and len(COMMANDS) >= 2 and len(TESTS) >= 20 and len(LINKS) >= 5
+    assert len(PATHS) >= 20 and len(BARE_FILES) >= 10 and len(COMMANDS) >= 2 and len(TESTS) >= 20 and len(LINKS) >= 5

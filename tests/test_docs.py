@@ -46,22 +46,21 @@ PATH_CHARS = r"[\w.-]+(?:/[\w.-]+)*"
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 
 # Paths of the machine a file was written on. Pieces are joined so this file does not match.
+# Nowhere: directories that only a build or CI machine has, and this checkout's own location.
 MACHINE_PATHS = [
     re.compile("(?<![\\w.-])/" + "(?:work|check|Users)" + "/"),
-    re.compile("(?<![\\w.-])/" + "home" + "/[a-z_][\\w-]*/"),
+    re.compile(re.escape(str(REPO)) + r"\b"),
 ]
-# root's home is also where a Molecule scenario leaves a file on its test host.
-ROOT_HOME = re.compile("(?<![\\w.-])/" + "root" + "/")
-# Scratch paths are fine in code (a test's temporary file) but not in what people read.
-SCRATCH = re.compile("(?<![\\w.-])/" + "tmp" + "/")
+# Not in what people read: a home directory, root's, a scratch directory. Code may name them
+# as paths on the hosts it manages (/root/.ssh in an image, a test's file in root's home).
+DOC_MACHINE_PATHS = [
+    re.compile("(?<![\\w.-])/" + "home" + "/[a-z_][\\w-]*/"),
+    re.compile("(?<![\\w.-])/" + "(?:root|tmp)" + "/"),
+]
 
 
 def machine_paths(name: str) -> list[re.Pattern[str]]:
-    return [
-        *MACHINE_PATHS,
-        *([] if name.startswith("molecule/") else [ROOT_HOME]),
-        *([SCRATCH] if name.endswith(".md") else []),
-    ]
+    return MACHINE_PATHS + (DOC_MACHINE_PATHS if name.endswith(".md") else [])
 
 
 @cache

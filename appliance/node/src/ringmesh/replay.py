@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 WINDOW_BITS = 2048
+MAX_COUNTER = (1 << 64) - 1  # counters are 64-bit on the wire
+_WINDOW_MASK = (1 << WINDOW_BITS) - 1
 
 
 class ReplayWindow:
-    """Accepts each counter at most once, and none older than WINDOW_BITS behind the highest."""
+    """Accepts each counter at most once, and none older than WINDOW_BITS behind the highest.
+
+    The state is the highest counter and one WINDOW_BITS-bit integer, whatever the counters: a
+    jump of WINDOW_BITS or more clears the bitmap instead of shifting it, so a datagram whose
+    counter leaps to 2^63 costs what any other does (RFC 6479 bounds its bitmap the same way).
+    """
 
     __slots__ = ("_bits", "highest")
 
@@ -16,18 +23,30 @@ class ReplayWindow:
 
     def check(self, counter: int) -> bool:
         """True when counter is new (does not record it)."""
+        if not 0 <= counter <= MAX_COUNTER:
+            return False
         if counter > self.highest:
             return True
         offset = self.highest - counter
         return offset < WINDOW_BITS and not (self._bits >> offset) & 1
 
     def record(self, counter: int) -> None:
+        """Record a counter that `check` accepted."""
         if counter > self.highest:
             shift = counter - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << WINDOW_BITS) - 1)
+            if shift >= WINDOW_BITS:
+                self._bits = 1
+            else:
+                # mask before shifting: no intermediate is wider than the window
+                self._bits = ((self._bits & (_WINDOW_MASK >> shift)) << shift) | 1
             self.highest = counter
         else:
             self._bits |= 1 << (self.highest - counter)
+
+    @property
+    def state_bits(self) -> int:
+        """Bits of state the bitmap holds now (never more than WINDOW_BITS)."""
+        return self._bits.bit_length()
 
 
 class ReplayCache:

@@ -117,6 +117,40 @@ def test_rotate_keeps_previous_for_grace_then_destroys(tmp_path: Path) -> None:
     assert all(old_onion.hex() not in p.read_text() for p in ks.dir.glob("epoch-*.json"))
 
 
+def test_key_files_are_never_replaced_and_leftovers_are_destroyed(tmp_path: Path) -> None:
+    ks = keystore(tmp_path)
+    ks.init(now=1000)
+    epoch_file = ks.dir / "epoch-00000001.json"
+    inode = epoch_file.stat().st_ino
+    ks.rotate(now=1010)  # retirement is recorded beside the key file, not by rewriting it
+    assert epoch_file.stat().st_ino == inode
+    assert (ks.dir / "epoch-00000001.retired").read_text() == "1010"
+    with pytest.raises(KeystoreError, match="refusing to replace"):
+        ks._new_epoch(2, 1020)
+    # an interrupted write and the companion of a destroyed epoch
+    for name in ("epoch-00000003.json.tmp", "epoch-00000000.retired"):
+        os.close(os.open(ks.dir / name, os.O_WRONLY | os.O_CREAT, 0o600))
+    ks.prune(now=1060)
+    assert sorted(p.name for p in ks.dir.iterdir()) == [
+        ".lock",
+        "epoch-00000002.json",
+        "identity.key",
+    ]
+
+
+def test_retirement_written_inside_the_epoch_file_is_still_honoured(tmp_path: Path) -> None:
+    ks = keystore(tmp_path)
+    ks.init(now=1000)
+    path = ks.dir / "epoch-00000001.json"
+    record = json.loads(path.read_text())
+    ks.rotate(now=1010)
+    (ks.dir / "epoch-00000001.retired").unlink()
+    os.chmod(path, 0o600)
+    path.write_text(json.dumps({**record, "retired_at": 1005}))
+    assert ks.load(now=1010).epochs[1].retired_at == 1005
+    assert ks.prune(now=1055) == [1]
+
+
 @pytest.mark.parametrize(("target", "mode"), [("dir", 0o755), ("dir", 0o750), ("file", 0o644)])
 def test_loose_permissions_refused(tmp_path: Path, target: str, mode: int) -> None:
     ks = keystore(tmp_path)

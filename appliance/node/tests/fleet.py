@@ -58,6 +58,9 @@ class Fleet:
     relays: list[Node] = field(default_factory=list)
     clients: list[Node] = field(default_factory=list)
     mean_delay_ms: int = 2
+    # small replay filters (1.2 MB) for test relays; the budget is never reached here
+    replay_packets_per_second: int = 100
+    replay_save_seconds: int = 60
     extra_relay_toml: str = ""
     proxies: list[RecordingProxy] = field(default_factory=list)
 
@@ -78,8 +81,12 @@ advertise = "127.0.0.1:{node.port}"
 log_level = "info"
 
 [keys]
-epoch_seconds = 86400
-grace_seconds = 3600
+epoch_seconds = 3600
+grace_seconds = 600
+
+[replay]
+packets_per_second = {self.replay_packets_per_second}
+save_seconds = {self.replay_save_seconds}
 
 [metrics]
 listen = "127.0.0.1:{node.metrics_port}"

@@ -5,15 +5,17 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ringmesh.cli import build_parser
-from ringmesh.config import ConfigError, load_config
+from ringmesh.config import ConfigError, load_config, parse_config
 from ringmesh.did import did_from_seed
 from ringmesh.keystore import Keystore, KeystoreError
-from ringmesh.wire import ROLE_RELAY
+from ringmesh.replay import filter_dimensions
+from ringmesh.wire import ROLE_CLIENT, ROLE_RELAY
 
 DID_A = did_from_seed(bytes(32))
 DID_B = did_from_seed(bytes([1]) * 32)
@@ -67,6 +69,12 @@ def test_good_config(tmp_path: Path) -> None:
             "client.home",
         ),
         ("not toml = = =", "config"),
+        ("[replay]\npackets_per_second = 0\n", "replay.packets_per_second"),
+        ("[replay]\npackets_per_second = 100000\n", "replay.packets_per_second"),  # 2.3 GiB
+        ("[replay]\nfalse_positive_rate = 0.0\n", "replay.false_positive_rate"),
+        ("[replay]\nfalse_positive_rate = 0.7\n", "replay.false_positive_rate"),
+        ("[replay]\nsave_seconds = 0\n", "replay.save_seconds"),
+        ("[replay]\nbudget = 1\n", "replay.budget"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str) -> None:
@@ -151,6 +159,44 @@ def test_retirement_written_inside_the_epoch_file_is_still_honoured(tmp_path: Pa
     assert ks.prune(now=1055) == [1]
 
 
+def test_replay_filter_is_kept_with_its_epoch_and_destroyed_with_it(tmp_path: Path) -> None:
+    ks = keystore(tmp_path)
+    ks.init(now=1000)
+    epoch1 = ks.load(now=1000).current
+    replay = ks.open_replay_filter(epoch1, budget=1000, false_positive_rate=1e-6)
+    assert not replay.seen_before(b"t" * 16)
+    assert replay.dirty
+    assert ks.save_replay_filter(1, replay)
+    assert not replay.dirty
+    path = ks.dir / "epoch-00000001.replay"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert b"t" * 16 not in path.read_bytes()  # keyed positions, not the tags
+    ks.check_permissions()
+
+    again = ks.open_replay_filter(epoch1, budget=1000, false_positive_rate=1e-6)
+    assert again.seen_before(b"t" * 16)
+    # a filter under another epoch's name belongs to another key
+    ks.rotate(now=1010)
+    epoch2 = ks.load(now=1010).current
+    os.link(path, ks.dir / "epoch-00000002.replay")
+    with pytest.raises(KeystoreError, match=r"epoch-00000002\.replay: unusable replay filter"):
+        ks.open_replay_filter(epoch2, budget=1000, false_positive_rate=1e-6)
+    (ks.dir / "epoch-00000002.replay").unlink()
+
+    assert ks.prune(now=1060) == [1]
+    assert not path.exists()
+    assert not ks.save_replay_filter(1, again)  # the epoch is gone: nothing is written back
+    assert not path.exists()
+
+
+def test_default_epoch_and_its_filter() -> None:
+    cfg = parse_config({}, Path("node.toml"))
+    assert (cfg.epoch_seconds, cfg.grace_seconds) == (3600, 600)
+    assert cfg.replay_budget == 2000 * 4200
+    bits, _ = filter_dimensions(cfg.replay_budget, cfg.replay_false_positive_rate)
+    assert round(bits / 8 / 2**20) == 24  # MiB, as the README ("Key epochs") states
+
+
 @pytest.mark.parametrize(("target", "mode"), [("dir", 0o755), ("dir", 0o750), ("file", 0o644)])
 def test_loose_permissions_refused(tmp_path: Path, target: str, mode: int) -> None:
     ks = keystore(tmp_path)
@@ -186,3 +232,14 @@ def test_cli_refuses_loose_keystore(tmp_path: Path) -> None:
 def test_send_names_the_recipients_relay_with_home_or_via(flag: str) -> None:
     args = build_parser().parse_args(["send", "--to", "did:key:zUser", flag, "did:key:zRelay"])
     assert args.home == "did:key:zRelay"
+
+
+def test_a_client_starts_a_new_epoch_when_its_keys_expired(tmp_path: Path) -> None:
+    from ringmesh.cli import _client_keys
+
+    state = tmp_path / "state"
+    config = parse_config({"node": {"state_dir": str(state)}}, tmp_path / "node.toml")
+    store = Keystore(state, ROLE_CLIENT, config.epoch_seconds, config.grace_seconds)
+    store.init(now=time.time() - config.epoch_seconds - 1)  # an epoch that has ended
+    assert _client_keys(config).current.epoch == 2
+    assert _client_keys(config).current.epoch == 2  # a live epoch is kept

@@ -13,8 +13,8 @@ def test_epoch_expiry_rotates_and_grace_destroys(tmp_path: Path) -> None:
     fleet.create(1, 0)
     relay = fleet.relays[0]
     text = relay.config.read_text()
-    text = text.replace("epoch_seconds = 86400", "epoch_seconds = 8")
-    text = text.replace("grace_seconds = 3600", "grace_seconds = 1")
+    text = text.replace("epoch_seconds = 3600", "epoch_seconds = 8")
+    text = text.replace("grace_seconds = 600", "grace_seconds = 1")
     relay.config.write_text(text)
     # epoch 1 was made with the default length; a rotation makes an 8-second epoch 2
     assert ringmesh("keys", "rotate", config=relay.config).returncode == 0

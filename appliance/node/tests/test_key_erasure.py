@@ -87,6 +87,7 @@ def test_rotation_leaves_no_retired_key_in_any_block(ext4_mount: tuple[Path, Pat
     config.write_text(
         f'[node]\nrole = "relay"\nstate_dir = "{state}"\nlisten = "127.0.0.1:{free_udp_port()}"\n'
         '[keys]\nepoch_seconds = 3600\ngrace_seconds = 0\n[metrics]\nlisten = ""\n'
+        "[replay]\npackets_per_second = 10\n"
     )
     assert ringmesh("keys", "init", config=config).returncode == 0
     keys_dir = state / "keys"

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringmesh.onion import Hop, OnionError, build_header, build_packet, open_reply, peel
-from ringmesh.replay import ReplayCache
+from ringmesh.replay import OnionReplayFilter
 from ringmesh.wire import (
     CMD_DELIVER,
     CMD_DROP,
@@ -90,7 +90,7 @@ def test_drop_command() -> None:
 def test_replay_tag_is_stable_per_hop() -> None:
     keys, hops = make_path(2)
     _, packet = build_packet(hops, CMD_DELIVER, bytes(16), bytes(PAYLOAD_LEN))
-    cache = ReplayCache(epoch=1)
+    cache = OnionReplayFilter(bytes(32), budget=100, false_positive_rate=1e-6)
     first, _ = unwrap(keys[0], packet)
     again, _ = unwrap(keys[0], packet)
     assert not cache.seen_before(first.tag)

@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import tracemalloc
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringmesh.replay import MAX_COUNTER, WINDOW_BITS, ReplayWindow
+from ringmesh.replay import (
+    FILTER_HEADER_LEN,
+    MAX_COUNTER,
+    WINDOW_BITS,
+    OnionReplayFilter,
+    ReplayFilterError,
+    ReplayWindow,
+    filter_dimensions,
+)
 
 
 def accept(window: ReplayWindow, counter: int) -> bool:
@@ -118,3 +130,79 @@ def test_never_accepts_twice(sequence: list[int]) -> None:
         if accept(w, c):
             assert c not in accepted
             accepted.add(c)
+
+
+# --- the onion replay filter ----------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def tag(i: int) -> bytes:
+    return hashlib.blake2b(i.to_bytes(8, "little"), digest_size=16).digest()
+
+
+def test_dimensions_follow_the_bloom_formulas() -> None:
+    bits, hashes = filter_dimensions(8_400_000, 1e-5)
+    assert 23.9 < bits / 8_400_000 < 24.0  # -ln(1e-5) / ln(2)^2 = 23.96 bits per packet
+    assert hashes == 17
+    assert bits % 8 == 0
+    with pytest.raises(ValueError):
+        filter_dimensions(0, 1e-5)
+    with pytest.raises(ValueError):
+        filter_dimensions(10, 1.0)
+
+
+def test_measured_false_positive_rate_matches_the_stated_one() -> None:
+    f = OnionReplayFilter(KEY, budget=20_000, false_positive_rate=1e-3)
+    while_filling = sum(f.seen_before(tag(i)) for i in range(20_000))
+    assert while_filling <= 20  # the rate climbs towards 1e-3 as the filter fills
+    assert f.count == 20_000 - while_filling
+    assert all(tag(i) in f for i in range(20_000))  # no false negatives: a replay is caught
+    false_positives = sum(tag(i) in f for i in range(1_000_000, 1_100_000))
+    assert 50 <= false_positives <= 200  # at its budget, 1e-3 of 100,000 is 100
+    assert f.count == 20_000 - while_filling  # membership tests recorded nothing
+    more = iter(range(2_000_000, 2_000_100))
+    while not f.full:
+        f.seen_before(tag(next(more)))
+    assert f.count == f.budget
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(min_size=16, max_size=16), max_size=300))
+def test_filter_agrees_with_a_set_below_its_budget(tags: list[bytes]) -> None:
+    f = OnionReplayFilter(KEY, budget=1000, false_positive_rate=1e-12)
+    seen: set[bytes] = set()
+    for t in tags:
+        assert f.seen_before(t) == (t in seen)
+        seen.add(t)
+    assert f.count == len(seen)
+
+
+def test_stored_filter_round_trips_and_names_what_is_wrong() -> None:
+    f = OnionReplayFilter(KEY, budget=500, false_positive_rate=1e-6)
+    for i in range(100):
+        f.seen_before(tag(i))
+    stored = f.header() + bytes(f.bits)
+    assert len(stored) == FILTER_HEADER_LEN + f.size_bytes
+    again = OnionReplayFilter.read_from(io.BytesIO(stored), KEY)
+    assert (again.count, again.budget, again.hashes) == (100, 500, f.hashes)
+    assert all(again.seen_before(tag(i)) for i in range(100))
+    assert not again.seen_before(tag(100))
+    for data, key, problem in [
+        (stored, bytes(32), "does not belong"),
+        (stored[:10], KEY, "truncated header"),
+        (stored[:-1], KEY, "size its header states"),
+        (stored + b"x", KEY, "size its header states"),
+        (b"XXXX" + stored[4:], KEY, "not a replay filter"),
+    ]:
+        with pytest.raises(ReplayFilterError, match=problem):
+            OnionReplayFilter.read_from(io.BytesIO(data), key)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_any_stored_bytes_load_or_raise_replay_filter_error(data: bytes) -> None:
+    good_header = OnionReplayFilter(KEY, budget=10, false_positive_rate=0.01).header()
+    for blob in (data, good_header[: len(data) % 64] + data):
+        with contextlib.suppress(ReplayFilterError):
+            OnionReplayFilter.read_from(io.BytesIO(blob), KEY)

@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from .did import DidError, public_from_did
+from .replay import MAX_FILTER_BYTES, filter_dimensions
 
 DEFAULT_CONFIG = "/etc/ringmesh/node.toml"
 DEFAULT_PORT = 7733
+# Key epochs: why one hour and ten minutes, see the node README ("Key epochs").
+DEFAULT_EPOCH_SECONDS = 3600
+DEFAULT_GRACE_SECONDS = 600
+DEFAULT_REPLAY_PACKETS_PER_SECOND = 2000
+DEFAULT_REPLAY_FALSE_POSITIVE_RATE = 1e-5
+DEFAULT_REPLAY_SAVE_SECONDS = 60
 
 
 class ConfigError(Exception):
@@ -38,8 +45,11 @@ class Config:
     listen: tuple[str, int] = ("0.0.0.0", DEFAULT_PORT)
     advertise: str = ""
     log_level: str = "info"
-    epoch_seconds: int = 86400
-    grace_seconds: int = 3600
+    epoch_seconds: int = DEFAULT_EPOCH_SECONDS
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    replay_packets_per_second: int = DEFAULT_REPLAY_PACKETS_PER_SECOND
+    replay_false_positive_rate: float = DEFAULT_REPLAY_FALSE_POSITIVE_RATE
+    replay_save_seconds: int = DEFAULT_REPLAY_SAVE_SECONDS
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9733)
     mean_delay_ms: int = 20
     loop_rate: float = 0.0
@@ -54,10 +64,17 @@ class Config:
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
 
+    @property
+    def replay_budget(self) -> int:
+        """Onion packets one epoch's replay filter is sized for: its key is used for the
+        epoch and then the grace period."""
+        return self.replay_packets_per_second * (self.epoch_seconds + self.grace_seconds)
+
 
 _SECTIONS: dict[str, set[str]] = {
     "node": {"role", "name", "state_dir", "listen", "advertise", "log_level"},
     "keys": {"epoch_seconds", "grace_seconds"},
+    "replay": {"packets_per_second", "false_positive_rate", "save_seconds"},
     "metrics": {"listen"},
     "mixing": {"mean_delay_ms", "loop_rate", "drop_rate"},
     "mailbox": {"ttl_seconds", "max_packets"},
@@ -154,8 +171,35 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         parse_hostport(advertise, "node.advertise")
 
     keys = raw.get("keys", {})
-    epoch_seconds = _int(keys, "epoch_seconds", "keys.epoch_seconds", 86400, 1)
-    grace_seconds = _int(keys, "grace_seconds", "keys.grace_seconds", 3600, 0)
+    epoch_seconds = _int(keys, "epoch_seconds", "keys.epoch_seconds", DEFAULT_EPOCH_SECONDS, 1)
+    grace_seconds = _int(keys, "grace_seconds", "keys.grace_seconds", DEFAULT_GRACE_SECONDS, 0)
+
+    replay = raw.get("replay", {})
+    replay_rate = _int(
+        replay,
+        "packets_per_second",
+        "replay.packets_per_second",
+        DEFAULT_REPLAY_PACKETS_PER_SECOND,
+        1,
+    )
+    false_positive_rate = _float(
+        replay,
+        "false_positive_rate",
+        "replay.false_positive_rate",
+        DEFAULT_REPLAY_FALSE_POSITIVE_RATE,
+    )
+    if not 0 < false_positive_rate < 0.5:
+        raise ConfigError("replay.false_positive_rate", "must be above 0 and below 0.5")
+    bits, _ = filter_dimensions(replay_rate * (epoch_seconds + grace_seconds), false_positive_rate)
+    if bits // 8 > MAX_FILTER_BYTES:
+        raise ConfigError(
+            "replay.packets_per_second",
+            f"sizes each epoch's replay filter at {bits // 8 >> 20} MiB (more than "
+            f"{MAX_FILTER_BYTES >> 20} MiB); lower it, or keys.epoch_seconds / keys.grace_seconds",
+        )
+    save_seconds = _int(
+        replay, "save_seconds", "replay.save_seconds", DEFAULT_REPLAY_SAVE_SECONDS, 1
+    )
 
     metrics = raw.get("metrics", {})
     metrics_listen = parse_hostport(
@@ -217,6 +261,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         log_level=log_level,
         epoch_seconds=epoch_seconds,
         grace_seconds=grace_seconds,
+        replay_packets_per_second=replay_rate,
+        replay_false_positive_rate=false_positive_rate,
+        replay_save_seconds=save_seconds,
         metrics_listen=metrics_listen,
         mean_delay_ms=mean_delay_ms,
         loop_rate=loop_rate,

@@ -4,6 +4,7 @@
     identity.key             0600, 32-byte Ed25519 seed
     epoch-00000001.json      0600, one epoch's link and onion private keys
     epoch-00000001.retired   0600, when that epoch was rotated out (no secret)
+    epoch-00000001.replay    0600, that epoch's onion replay filter (keyed hashes, no secret)
     .lock                    0600, serialises rotate / prune between CLI and daemon
 
 A file holding a private key is written once and never replaced: renaming a new version over
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .descriptor import Descriptor
 from .did import did_from_public, fingerprint
+from .replay import OnionReplayFilter, ReplayFilterError, epoch_filter_key
 
 
 class KeystoreError(Exception):
@@ -97,17 +99,17 @@ def _create_private(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, *chunks: bytes | memoryview) -> None:
     """Replace a file that holds no secret (tmp + rename): readers see old or new, never half."""
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
+    with os.fdopen(fd, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
         os.fsync(fd)
-    finally:
-        os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -229,6 +231,35 @@ class Keystore:
         with self.locked():
             return self._prune_locked(now)
 
+    # --- onion replay filters, persisted with their epoch -----------------------------------
+
+    def open_replay_filter(
+        self, ep: EpochKeys, budget: int, false_positive_rate: float
+    ) -> OnionReplayFilter:
+        """The epoch's filter as last saved, or a new one sized for `budget` packets."""
+        path = self._replay_path(ep.epoch)
+        key = epoch_filter_key(ep.onion_key)
+        try:
+            with path.open("rb") as f:
+                return OnionReplayFilter.read_from(f, key)
+        except FileNotFoundError:
+            return OnionReplayFilter(key, budget, false_positive_rate)
+        except ReplayFilterError as exc:
+            raise KeystoreError(
+                f"{path}: unusable replay filter ({exc}); deleting it starts the epoch with an "
+                "empty filter, so packets it recorded could be replayed"
+            ) from None
+
+    def save_replay_filter(self, epoch: int, replay: OnionReplayFilter) -> bool:
+        """Write the filter atomically beside its epoch's keys; False once the epoch is gone
+        (a filter never outlives its key)."""
+        with self.locked():
+            if not self._epoch_path(epoch).exists():
+                return False
+            _write_atomic(self._replay_path(epoch), replay.header(), replay.bits)
+            replay.dirty = False
+            return True
+
     # --- internals ---------------------------------------------------------------------------
 
     def _epoch_files(self) -> list[Path]:
@@ -252,7 +283,7 @@ class Keystore:
 
     def _epoch_companions(self, epoch: int) -> list[Path]:
         """Files that live and die with an epoch's key file."""
-        return [self._retired_path(epoch)]
+        return [self._retired_path(epoch), self._replay_path(epoch)]
 
     def _destroy_leftovers(self) -> None:
         """Temporary files of an interrupted write, companions of epochs already destroyed."""
@@ -268,6 +299,9 @@ class Keystore:
 
     def _retired_path(self, epoch: int) -> Path:
         return self.dir / f"epoch-{epoch:08d}.retired"
+
+    def _replay_path(self, epoch: int) -> Path:
+        return self.dir / f"epoch-{epoch:08d}.replay"
 
     def _new_epoch(self, epoch: int, now: int) -> None:
         record = {

@@ -67,6 +67,16 @@ class RelayCollector(Collector):
             ),
             ("ringmesh_key_epoch", "Current key epoch", relay.keys.current.epoch),
             (
+                "ringmesh_replay_filter_packets",
+                "Onion packets recorded in the current epoch's replay filter",
+                relay.onion_keys[0].replay.count,
+            ),
+            (
+                "ringmesh_replay_filter_budget_packets",
+                "Packets the current epoch's replay filter is sized for (then a new epoch)",
+                relay.onion_keys[0].replay.budget,
+            ),
+            (
                 "ringmesh_key_epoch_expiry_timestamp_seconds",
                 "When the current key epoch expires",
                 relay.keys.current.expires,

@@ -11,6 +11,7 @@ import heapq
 import os
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .config import Config, RelayEntry
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
 from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
-from .keystore import Keys, iso
+from .keystore import EpochKeys, Keys, iso
 from .link import HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
 from .onion import Hop, OnionError, build_packet, peel, x25519_public
-from .replay import ReplayCache
+from .replay import OnionReplayFilter
 from .wire import (
     ALPHA_LEN,
     CMD_DROP,
@@ -71,7 +72,7 @@ class Peer:
 class OnionKey:
     epoch: int
     private: X25519PrivateKey
-    replay: ReplayCache
+    replay: OnionReplayFilter
 
 
 @dataclass
@@ -105,9 +106,25 @@ def decode_descriptors(body: bytes) -> tuple[int, list[bytes]]:
     ]
 
 
+ReplayFilterSource = Callable[[EpochKeys], OnionReplayFilter]
+
+
 class Relay:
-    def __init__(self, config: Config, keys: Keys, now: float, rng: random.Random | None = None):
+    def __init__(
+        self,
+        config: Config,
+        keys: Keys,
+        now: float,
+        rng: random.Random | None = None,
+        replay_filter: ReplayFilterSource | None = None,
+    ):
         self.config = config
+        # The daemon passes the keystore's (persisted) filters; by default they live in memory.
+        self._replay_filter = replay_filter or (
+            lambda ep: OnionReplayFilter.for_epoch(
+                ep.onion_key, config.replay_budget, config.replay_false_positive_rate
+            )
+        )
         self.rng = rng or random.SystemRandom()
         self.counters: Counter[str] = Counter()
         self.keys = keys
@@ -145,7 +162,7 @@ class Relay:
         caches = {k.epoch: k.replay for k in self.onion_keys}
         self.keys = keys
         self.onion_keys = [
-            OnionKey(ep.epoch, ep.onion_key, caches.get(ep.epoch) or ReplayCache(ep.epoch))
+            OnionKey(ep.epoch, ep.onion_key, caches.get(ep.epoch) or self._replay_filter(ep))
             for ep in keys.epochs
         ]
         if old_epoch is not None and old_epoch != keys.current.epoch:

@@ -156,3 +156,20 @@ def half_open_flood(relay: Addr, host: str, count: int, timeout: float) -> tuple
     finally:
         for sock in socks:
             sock.close()
+
+
+def session_flood(
+    relay: Addr, hosts: list[str], per_host: int, timeout: float
+) -> tuple[list[SocketEndpoint], int]:
+    """`per_host` full handshakes from each address, each with a new self-made client
+    identity: (the endpoints, which keep their sessions open; sessions the relay accepted)."""
+    endpoints = [SocketEndpoint(host, identity=fresh_client) for host in hosts]
+    now = time.time()
+    for endpoint in endpoints:
+        for _ in range(per_host):
+            endpoint.link.connect(relay, None, now)
+    wanted = len(hosts) * per_host
+    pump_until(
+        endpoints, lambda: sum(len(e.up) + len(e.failed) for e in endpoints) >= wanted, timeout
+    )
+    return endpoints, sum(len(e.up) for e in endpoints)

@@ -28,6 +28,14 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def ringmesh(
     *args: str, config: Path, stdin: bytes | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:
@@ -50,6 +58,11 @@ class Node:
     did: str = ""
     proc: subprocess.Popen[bytes] | None = None
     advertised_port: int = 0  # what the others dial (may be a recording proxy)
+    host: str = "127.0.0.1"  # any 127.0.0.0/8 address: relays on distinct source addresses
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
 
 @dataclass
@@ -66,9 +79,14 @@ class Fleet:
 
     def relay_lines(self, nodes: list[Node]) -> str:
         return "".join(
-            f'[[relays]]\ndid = "{n.did}"\naddress = "127.0.0.1:{n.advertised_port or n.port}"\n\n'
-            for n in nodes
+            f'[[relays]]\ndid = "{n.did}"\naddress = "{self._dialled(n)}"\n\n' for n in nodes
         )
+
+    @staticmethod
+    def _dialled(node: Node) -> str:
+        if node.advertised_port:  # the recording proxy in front of it
+            return f"127.0.0.1:{node.advertised_port}"
+        return f"{node.host}:{node.port}"
 
     def write_relay_config(self, node: Node, pinned: list[Node]) -> None:
         node.config.write_text(
@@ -76,8 +94,8 @@ class Fleet:
 role = "relay"
 name = "{node.name}"
 state_dir = "{node.state_dir}"
-listen = "127.0.0.1:{node.port}"
-advertise = "127.0.0.1:{node.port}"
+listen = "{node.host}:{node.port}"
+advertise = "{node.host}:{node.port}"
 log_level = "info"
 
 [keys]
@@ -116,10 +134,11 @@ home = "{home.did}"
             + self.relay_lines(self.relays)
         )
 
-    def make_node(self, name: str) -> Node:
+    def make_node(self, name: str, host: str = "127.0.0.1") -> Node:
         state = self.root / name
         state.mkdir(mode=0o700)
         node = Node(name, state, self.root / f"{name}.toml", free_udp_port(), free_tcp_port())
+        node.host = host
         # a minimal config to run `keys init` with
         node.config.write_text(f'[node]\nrole = "relay"\nstate_dir = "{state}"\n')
         out = ringmesh("keys", "init", config=node.config)
@@ -128,8 +147,11 @@ home = "{home.did}"
         node.did = json.loads(show.stdout)["did"]
         return node
 
-    def create(self, n_relays: int, n_clients: int, proxies: bool = False) -> None:
-        self.relays = [self.make_node(f"relay{i + 1}") for i in range(n_relays)]
+    def create(
+        self, n_relays: int, n_clients: int, proxies: bool = False, hosts: list[str] | None = None
+    ) -> None:
+        hosts = hosts or ["127.0.0.1"] * n_relays
+        self.relays = [self.make_node(f"relay{i + 1}", hosts[i]) for i in range(n_relays)]
         if proxies:
             for relay in self.relays:
                 proxy = RecordingProxy(relay.port)

@@ -75,6 +75,13 @@ def test_good_config(tmp_path: Path) -> None:
         ("[replay]\nfalse_positive_rate = 0.7\n", "replay.false_positive_rate"),
         ("[replay]\nsave_seconds = 0\n", "replay.save_seconds"),
         ("[replay]\nbudget = 1\n", "replay.budget"),
+        ("[link]\nmax_sessions = 0\n", "link.max_sessions"),
+        ("[link]\nmax_half_open_per_source = -1\n", "link.max_half_open_per_source"),
+        (
+            "[link]\nmax_sessions = 10\nreserved_relay_sessions = 10\n",
+            "link.reserved_relay_sessions",
+        ),
+        ("[link]\nmax_peers = 3\n", "link.max_peers"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str) -> None:

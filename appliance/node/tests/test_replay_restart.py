@@ -12,6 +12,7 @@ import pytest
 
 from endpoints import SocketEndpoint, connect, cover_packet, send_onion
 from fleet import Fleet, Node, ringmesh
+from test_fleet import counters
 
 
 @pytest.fixture
@@ -22,13 +23,6 @@ def relay(tmp_path: Path) -> Iterator[tuple[Fleet, Node]]:
         yield fleet, fleet.relays[0]
     finally:
         fleet.stop_all()
-
-
-def counters(fleet: Fleet, node: Node) -> dict[str, int]:
-    status = fleet.status(node)
-    assert status is not None
-    result: dict[str, int] = status["counters"]  # type: ignore[assignment]
-    return result
 
 
 def wait_for(fleet: Fleet, node: Node, counter: str, value: int, timeout: float = 5) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .admission import LinkLimits
 from .did import DidError, public_from_did
 from .replay import MAX_FILTER_BYTES, filter_dimensions
 
@@ -59,6 +60,7 @@ class Config:
     client_home: str | None = None
     path_length: int = 3
     relays: tuple[RelayEntry, ...] = field(default_factory=tuple)
+    link: LinkLimits = field(default_factory=LinkLimits)
 
     @property
     def control_socket(self) -> Path:
@@ -75,6 +77,7 @@ _SECTIONS: dict[str, set[str]] = {
     "node": {"role", "name", "state_dir", "listen", "advertise", "log_level"},
     "keys": {"epoch_seconds", "grace_seconds"},
     "replay": {"packets_per_second", "false_positive_rate", "save_seconds"},
+    "link": {f.name for f in fields(LinkLimits)},
     "metrics": {"listen"},
     "mixing": {"mean_delay_ms", "loop_rate", "drop_rate"},
     "mailbox": {"ttl_seconds", "max_packets"},
@@ -206,6 +209,24 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         metrics.get("listen", "127.0.0.1:9733"), "metrics.listen", allow_empty=True
     )
 
+    link_table = raw.get("link", {})
+    defaults = LinkLimits()
+    link_values = {
+        f.name: _int(link_table, f.name, f"link.{f.name}", getattr(defaults, f.name), 1)
+        for f in fields(LinkLimits)
+        if f.name != "reserved_relay_sessions"
+    }
+    reserved = _int(
+        link_table,
+        "reserved_relay_sessions",
+        "link.reserved_relay_sessions",
+        defaults.reserved_relay_sessions,
+        0,
+    )
+    if reserved >= link_values["max_sessions"]:
+        raise ConfigError("link.reserved_relay_sessions", "must be below link.max_sessions")
+    link = LinkLimits(**link_values, reserved_relay_sessions=reserved)
+
     mixing = raw.get("mixing", {})
     mean_delay_ms = _int(mixing, "mean_delay_ms", "mixing.mean_delay_ms", 20, 0)
     loop_rate = _float(mixing, "loop_rate", "mixing.loop_rate", 0.0)
@@ -273,4 +294,5 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         client_home=home,
         path_length=path_length,
         relays=tuple(relays),
+        link=link,
     )

@@ -192,6 +192,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         out = self.relay.status(time.time())
         out["pid"] = os.getpid()
+        out["half_open"] = self.relay.link.half_open()
+        out["client_sessions"] = self.relay.link.admission.client_sessions
         out["replay_filters"] = [
             {
                 "epoch": key.epoch,

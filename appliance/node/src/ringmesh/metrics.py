@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .reasons import Drop, HandshakeFailure
 from .relay import Relay
 
 
@@ -37,11 +38,20 @@ class RelayCollector(Collector):
         failed = CounterMetricFamily(
             "ringmesh_handshakes_failed", "Failed link handshakes, by reason", labels=["reason"]
         )
-        for key, value in c.items():
-            if key.startswith("dropped:"):
-                dropped.add_metric([key.split(":", 1)[1]], value)
-            elif key.startswith("handshake_failed:"):
-                failed.add_metric([key.split(":", 1)[1]], value)
+        # Every reason of the enumeration is exported (zero until it happens), so alerts and
+        # dashboards can name any of them.
+        for family, reasons, prefix in (
+            (dropped, list(Drop), "dropped:"),
+            (failed, list(HandshakeFailure), "handshake_failed:"),
+        ):
+            labels = [r.value for r in reasons]
+            labels += sorted(
+                k[len(prefix) :]
+                for k in c
+                if k.startswith(prefix) and k[len(prefix) :] not in labels
+            )
+            for label in labels:
+                family.add_metric([label], c[prefix + label])
         yield dropped
         yield failed
         ok = CounterMetricFamily("ringmesh_handshakes_ok", "Completed link handshakes")

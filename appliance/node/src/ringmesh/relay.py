@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .admission import source_of
 from .config import Config, RelayEntry
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
 from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
@@ -130,7 +131,7 @@ class Relay:
         self.keys = keys
         self.identity = keys.identity_public
         self.node_id = node_id(self.identity)
-        self.link = LinkEndpoint(self._credentials, self._accept, self.counters)
+        self.link = LinkEndpoint(self._credentials, self._accept, self.counters, config.link)
         self.outbox = self.link.outbox
         self.peers: dict[bytes, Peer] = {}
         self.by_node_id: dict[bytes, bytes] = {}
@@ -184,6 +185,9 @@ class Relay:
             else:
                 self.peers[identity] = Peer(entry)
         self.by_node_id = {node_id(i): i for i in self.peers}
+        self.link.admission.reserved_sources = frozenset(
+            source_of(r.address) for r in wanted.values()
+        )
         # Sessions with relays that are no longer pinned are closed.
         for session in list(self.link.sessions.values()):
             if session.peer.role == ROLE_RELAY and session.peer_identity not in self.peers:

@@ -15,7 +15,7 @@ help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, lab end-to-end"
-	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make bench      the node's relay throughput and latency benchmark, and the relay under flood"
 
 bootstrap:
 	scripts/bootstrap-host
@@ -57,6 +57,7 @@ test: lint test-node test-infra
 
 bench: venv
 	python appliance/node/bench/bench_relay.py
+	python appliance/node/bench/bench_flood.py
 
 clean: lab-down
 	rm -rf $(VENV)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import select
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -128,7 +131,13 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_throughput(root: Path, total: int, window: int) -> tuple[float, float]:
+# Runs beside the measured forwarding: given the relay's address and pid (bench_flood.py).
+Load = Callable[[tuple[str, int], int], AbstractContextManager[object]]
+
+
+def bench_throughput(
+    root: Path, total: int, window: int, load: Load | None = None
+) -> tuple[float, float]:
     """(packets/s of wall time, packets per CPU-second of the relay process)."""
     relay_keys = keystore(root, "relay", ROLE_RELAY)
     nxt = Endpoint(keystore(root, "next", ROLE_RELAY))
@@ -168,25 +177,26 @@ def bench_throughput(root: Path, total: int, window: int) -> tuple[float, float]
             datagrams.append(client.link.seal(session, bytes([MSG_ONION]) + packet))
         sent = received = 0
         sock, sink = client.sock, nxt.sock
-        cpu_start = process_cpu(proc.pid)
-        start = time.perf_counter()
-        while received < total:
-            while sent < total and sent - received < window:
-                sock.sendto(datagrams[sent], relay_addr)
-                sent += 1
-            ready, _, _ = select.select([sink], [], [], 2.0)
-            if not ready:
-                print(f"  stalled at {received}/{total} (lost datagrams); stopping")
-                break
-            while True:
-                try:
-                    data = sink.recv(4096)
-                except BlockingIOError:
+        with load(relay_addr, proc.pid) if load else contextlib.nullcontext():
+            cpu_start = process_cpu(proc.pid)
+            start = time.perf_counter()
+            while received < total:
+                while sent < total and sent - received < window:
+                    sock.sendto(datagrams[sent], relay_addr)
+                    sent += 1
+                ready, _, _ = select.select([sink], [], [], 2.0)
+                if not ready:
+                    print(f"  stalled at {received}/{total} (lost datagrams); stopping")
                     break
-                if data[0] == DG_DATA:
-                    received += 1
-        elapsed = time.perf_counter() - start
-        cpu = process_cpu(proc.pid) - cpu_start
+                while True:
+                    try:
+                        data = sink.recv(4096)
+                    except BlockingIOError:
+                        break
+                    if data[0] == DG_DATA:
+                        received += 1
+            elapsed = time.perf_counter() - start
+            cpu = process_cpu(proc.pid) - cpu_start
         return received / elapsed, received / cpu
     finally:
         proc.terminate()

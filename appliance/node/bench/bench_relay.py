@@ -28,11 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the tests' UDP endpoints
+
+from endpoints import SocketEndpoint
 from ringmesh.client import ClientNode
 from ringmesh.config import load_config
 from ringmesh.did import reply_mailbox_id
 from ringmesh.keystore import Keys, Keystore
-from ringmesh.link import LinkEndpoint, Session, SessionUp
+from ringmesh.link import Session
 from ringmesh.onion import Hop, build_packet, peel
 from ringmesh.wire import (
     BETA_LEN,
@@ -93,36 +96,17 @@ def start_relay(config: Path, root: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=log, stderr=log)
 
 
-class Endpoint:
-    """A LinkEndpoint on a real UDP socket, pumped by hand (the harness's own nodes)."""
+class Endpoint(SocketEndpoint):
+    """The harness's own nodes: a LinkEndpoint on a loopback UDP socket, pumped by hand."""
 
     def __init__(self, keys: Keys) -> None:
+        super().__init__(identity=lambda: (keys.current.descriptor, keys.current.link_key))
         self.keys = keys
-        self.link = LinkEndpoint(
-            lambda: (keys.current.descriptor, keys.current.link_key), lambda d: None
-        )
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
         self.port = int(self.sock.getsockname()[1])
-        self.sessions: list[Session] = []
 
-    def pump(self, now: float) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except BlockingIOError:
-                break
-            self.link.receive(data, addr, now)
-        self.link.tick(now)
-        for datagram, addr in self.link.outbox:
-            self.sock.sendto(datagram, addr)
-        self.link.outbox.clear()
-        for event in self.link.events:
-            if isinstance(event, SessionUp):
-                self.sessions.append(event.session)
-        self.link.events.clear()
+    @property
+    def sessions(self) -> list[Session]:
+        return self.up
 
 
 def process_cpu(pid: int) -> float:

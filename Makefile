@@ -12,7 +12,7 @@ help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, the fleet end to end"
-	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make bench      the node's relay throughput and latency benchmark, and the relay under flood"
 	@echo "make bench-ledger  the ledger's proof and commit benchmark"
 
 bootstrap:
@@ -61,6 +61,7 @@ test: venv images
 
 bench: venv
 	python appliance/node/bench/bench_relay.py
+	python appliance/node/bench/bench_flood.py
 
 bench-ledger: venv
 	python appliance/ledger/bench/bench_ledger.py

@@ -21,7 +21,7 @@ from ringmesh.onion import (
     peel,
     wrap_payload,
 )
-from ringmesh.replay import ReplayCache
+from ringmesh.replay import OnionReplayFilter
 from ringmesh.wire import (
     CMD_DELIVER,
     CMD_DROP,
@@ -160,7 +160,7 @@ def test_replay_tag_is_stable_per_hop() -> None:
     keys, hops = make_path(2)
     _, packet = build_packet(hops, CMD_DELIVER, bytes(16), bytes(PAYLOAD_LEN))
     shared = keys[0].exchange(X25519PublicKey.from_public_bytes(packet[:32]))
-    cache = ReplayCache(epoch=1)
+    cache = OnionReplayFilter(bytes(32), budget=100, false_positive_rate=1e-6)
     assert not cache.seen_before(derive_hop_keys(shared).tag)
     assert cache.seen_before(peel(shared, packet)[0].tag)
 

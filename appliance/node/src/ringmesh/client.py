@@ -44,7 +44,7 @@ from .keystore import Keys
 from .link import Addr, HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
 from .lioness import KEY_LEN, LionessKey
 from .onion import Hop, build_header, build_packet, hop_delay_us, wrap_payload
-from .reasons import Drop, Refusal, dropped, refused
+from .reasons import Counters, Drop, HandshakeFailure, Refusal
 from .wire import (
     CMD_DELIVER,
     CMD_DROP,
@@ -253,7 +253,7 @@ class Client:
         self.config = config
         self.keys = keys
         self.rng = rng or random.SystemRandom()
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counters()
         self.state = State.IDLE
         self.home: RelayEntry = next(r for r in config.relays if r.did == config.client_home)
         self.ring = frozenset(r.identity for r in config.relays)
@@ -306,8 +306,8 @@ class Client:
         return self.keys.current.descriptor, self.keys.current.link_key
 
     @staticmethod
-    def _accept(desc: Descriptor) -> str | None:
-        return None if desc.role == ROLE_RELAY else "not_a_relay"
+    def _accept(desc: Descriptor) -> HandshakeFailure | None:
+        return None if desc.role == ROLE_RELAY else HandshakeFailure.NOT_A_RELAY
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -448,18 +448,18 @@ class Client:
         try:
             raw = self._assembler.add(body)
         except CodecError:
-            self.counters[refused(Refusal.MALFORMED)] += 1
+            self.counters[Refusal.MALFORMED.counter] += 1
             return
         if not raw:  # incomplete, or the relay has nothing signed by a majority yet
             return
         try:
             fresh = directory.verify(raw, self.ring, now)
         except directory.DirectoryError as exc:
-            self.counters[refused(exc.reason)] += 1
+            self.counters[exc.reason.counter] += 1
             self._directory_refusal = str(exc)
             return
         if self.home.identity not in {d.identity for d in fresh.descriptors}:
-            self.counters[refused(Refusal.NO_HOME)] += 1
+            self.counters[Refusal.NO_HOME.counter] += 1
             self._directory_refusal = "directory refused: it does not list the home relay"
             return
         self.directory = fresh
@@ -611,7 +611,7 @@ class Client:
                 SUSPECT,
             )
         except m.PathError:
-            self.counters[dropped(Drop.NO_PATH)] += 1
+            self.counters[Drop.NO_PATH.counter] += 1
             return None
 
     def _hops(self, path: list[bytes]) -> list[Hop]:
@@ -703,7 +703,7 @@ class Client:
 
     def _on_item(self, mailbox_id: bytes, surb_id: bytes, payload: bytes, now: float) -> None:
         if len(payload) != PAYLOAD_LEN:
-            self.counters[dropped(Drop.UNEXPECTED_ITEM)] += 1
+            self.counters[Drop.UNEXPECTED_ITEM.counter] += 1
             return
         keys = self._surbs.get(surb_id)
         if keys is not None:
@@ -716,13 +716,13 @@ class Client:
         elif mailbox_id == self.user_mailbox:
             self._on_fragment(payload, now)
         else:
-            self.counters[dropped(Drop.UNEXPECTED_ITEM)] += 1
+            self.counters[Drop.UNEXPECTED_ITEM.counter] += 1
 
     def _on_surb_payload(self, surb_id: bytes, keys: SurbKeys, payload: bytes) -> None:
         try:
             kind, body = m.open_surb_payload(keys.key, wrap_payload(keys.payload_keys, payload))
         except m.EnvelopeError:
-            self.counters[dropped(Drop.BAD_REPLY)] += 1  # changed on the way: tagging, or noise
+            self.counters[Drop.BAD_REPLY.counter] += 1  # changed on the way: tagging, or noise
             return
         del self._surbs[surb_id]  # single use
         if kind == m.SURB_ACK and keys.purpose == m.SURB_ACK and body == keys.message_id:
@@ -734,13 +734,13 @@ class Client:
             self._events.append(ReplyReceived(keys.message_id, body))
             self._events.append(ReplyKeysUsed(surb_id))
         else:
-            self.counters[dropped(Drop.BAD_REPLY)] += 1
+            self.counters[Drop.BAD_REPLY.counter] += 1
 
     def _on_fragment(self, payload: bytes, now: float) -> None:
         try:
             frag = m.parse_fragment(m.open_envelope(self._x_key, payload))
         except m.EnvelopeError:
-            self.counters[dropped(Drop.BAD_FRAGMENT)] += 1
+            self.counters[Drop.BAD_FRAGMENT.counter] += 1
             return
         mid = frag.message_id
         if frag.ack_block is not None and frag.reply_block is not None:

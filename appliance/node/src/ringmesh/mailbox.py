@@ -6,7 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .link import Session
-from .reasons import Drop, dropped
+from .reasons import Drop
 
 MAX_MAILBOXES = 100_000
 OWNER_LIVE = 12.0  # a connected client talks at least every 5 s; silent longer: hold packets
@@ -32,7 +32,7 @@ class MailboxStore:
         box = self.boxes.get(mailbox_id)
         if box is None:
             if len(self.boxes) >= MAX_MAILBOXES:
-                self.counters[dropped(Drop.MAILBOX_FULL)] += 1
+                self.counters[Drop.MAILBOX_FULL.counter] += 1
                 return None
             box = self.boxes[mailbox_id] = Mailbox()
         return box
@@ -47,7 +47,7 @@ class MailboxStore:
             self.counters["mailbox_handed_over"] += 1
             return owner
         if len(box.items) >= self.max_items:
-            self.counters[dropped(Drop.MAILBOX_FULL)] += 1
+            self.counters[Drop.MAILBOX_FULL.counter] += 1
             return None
         box.items.append((now + self.ttl, item))
         self.counters["mailbox_stored"] += 1
@@ -75,7 +75,7 @@ class MailboxStore:
         for mailbox_id, box in list(self.boxes.items()):
             while box.items and box.items[0][0] <= now:
                 box.items.popleft()
-                self.counters[dropped(Drop.MAILBOX_EXPIRED)] += 1
+                self.counters[Drop.MAILBOX_EXPIRED.counter] += 1
             if box.owner is not None and (
                 box.owner_expires <= now or box.owner.local_sid not in live
             ):

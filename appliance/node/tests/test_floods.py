@@ -2,20 +2,24 @@
 count and aimed only at 127.0.0.1 (the victim relay; its two peers listen on 127.0.0.2 and
 127.0.0.3, so each relay has a source address of its own, as on a real network).
 
-The victim has small limits so that a few hundred datagrams reach them. Through every flood,
+The victim has small limits so that a few hundred datagrams reach them (the mailbox caps
+apply to every relay of this fleet). Through every flood,
 its pinned peers stay connected, a message between two users that must cross it arrives, and
 its resident memory stays under RSS_BOUND."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from endpoints import half_open_flood, session_flood
+from endpoints import SocketEndpoint, connect, half_open_flood, pump_until, session_flood
 from fleet import RELAY_VALUES, Fleet, Node, resident_bytes
 from ringmesh.admission import LinkLimits
+from ringmesh.onion import Hop, build_packet
+from ringmesh.wire import CMD_DELIVER, MSG_ONION, NODE_ID_LEN, PAYLOAD_LEN
 from test_fleet import counters, finish_recv, send, start_recv
 
 LIMITS = LinkLimits(
@@ -25,6 +29,7 @@ LIMITS = LinkLimits(
     max_sessions_per_source=4,
     reserved_relay_sessions=8,
 )
+MAILBOX_CAPS: dict[str, object] = {"mailbox_max_mailboxes": 200, "mailbox_max_bytes": 256 << 10}
 ATTACKER = "127.0.0.9"  # one address with many ports
 BOTNET = [f"127.0.1.{i}" for i in range(1, 13)]  # many addresses, many identities
 # A relay process here measured 38 MiB before and after the floods (Python, cryptography, a
@@ -34,7 +39,10 @@ RSS_BOUND = 64 << 20
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("floods"), relay_values=RELAY_VALUES | {"link": LIMITS})
+    f = Fleet(
+        tmp_path_factory.mktemp("floods"),
+        relay_values=RELAY_VALUES | MAILBOX_CAPS | {"link": LIMITS},
+    )
     f.create(3, 2, hosts=["127.0.0.1", "127.0.0.2", "127.0.0.3"])
     sender, recipient = f.clients
     # The recipient's home is relays[1] (what `send` names); the sender's is relays[2]. Paths
@@ -65,6 +73,41 @@ def assert_still_serving(fleet: Fleet, body: bytes) -> None:
     assert finish_recv(recv) == [body]
     assert victim.proc is not None
     assert resident_bytes(victim.proc.pid) < RSS_BOUND
+
+
+def test_deliveries_to_random_mailboxes(fleet: Fleet) -> None:
+    # First in this module: the session flood below leaves the victim no client slot.
+    victim = fleet.relays[0]
+    attacker = SocketEndpoint("127.0.0.20")
+    try:
+        session = connect(attacker, victim.address)
+        target = Hop(session.peer.node_id, session.peer.onion_key())
+        # 1,500 new mailboxes (room for 200), then 300 packets more for the first of them:
+        # 200 held packets and 33 more fill the 256 KiB.
+        ids = [os.urandom(NODE_ID_LEN) for _ in range(1500)]
+        ids += ids[:1] * 300
+        for i, mailbox_id in enumerate(ids):
+            _, packet = build_packet([target], CMD_DELIVER, mailbox_id, os.urandom(PAYLOAD_LEN))
+            attacker.link.send(session, bytes([MSG_ONION]) + packet)
+            if i % 20 == 0:
+                attacker.pump(time.time())
+                time.sleep(0.002)  # about 10,000 packets/s: what loopback does not lose
+        attacker.pump(time.time())
+
+        def refused() -> tuple[int, int]:
+            c = counters(fleet, victim)
+            return c.get("dropped:mailboxes_full", 0), c.get("dropped:mailbox_bytes_full", 0)
+
+        pump_until([attacker], lambda: min(refused()) > 0 and sum(refused()) > 1400, 15)
+        too_many, too_big = refused()
+        assert too_many > 1000 and too_big > 200, (too_many, too_big)
+        status = fleet.status(victim)
+        assert status is not None
+        assert int(str(status["mailbox_bytes"])) <= 256 << 10
+        assert int(str(status["mailboxes"])) <= 200 + 4  # held, and claimed by live clients
+        assert_still_serving(fleet, b"through the mailbox flood")
+    finally:
+        attacker.close()
 
 
 def test_handshakes_from_many_ports_of_one_address(fleet: Fleet) -> None:

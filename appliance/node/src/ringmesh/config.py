@@ -67,6 +67,11 @@ class Config:
     drop_rate: float = 0.0
     mailbox_ttl_seconds: int = 3600
     mailbox_max_packets: int = 10000
+    # Global caps on what anyone with a session can make a relay hold (see the node README,
+    # "Memory caps"): mailboxes holding packets, the bytes they hold, packets in the mix.
+    mailbox_max_mailboxes: int = 100_000
+    mailbox_max_bytes: int = 256 << 20
+    max_held_packets: int = 50_000
     client_home: str | None = None
     path_length: int = 3
     send_rate: float = 50.0
@@ -91,8 +96,8 @@ _SECTIONS: dict[str, set[str]] = {
     "replay": {"packets_per_second", "false_positive_rate", "save_seconds"},
     "link": {f.name for f in fields(LinkLimits)},
     "metrics": {"listen"},
-    "mixing": {"mean_delay_ms", "loop_rate", "drop_rate"},
-    "mailbox": {"ttl_seconds", "max_packets"},
+    "mixing": {"mean_delay_ms", "loop_rate", "drop_rate", "max_held_packets"},
+    "mailbox": {"ttl_seconds", "max_packets", "max_mailboxes", "max_bytes"},
     "client": {"home", "path_length", "send_rate", "loop_rate"},
 }
 _DEFAULTS = Config(Path(DEFAULT_CONFIG))
@@ -251,10 +256,15 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         raise ConfigError("mixing.mean_delay_ms", f"must be at most {MAX_MEAN_DELAY_MS}")
     loop_rate = _float(mixing, "loop_rate", "mixing.loop_rate", d.loop_rate)
     drop_rate = _float(mixing, "drop_rate", "mixing.drop_rate", d.drop_rate)
+    max_held = _int(mixing, "max_held_packets", "mixing.max_held_packets", d.max_held_packets, 1)
 
     mailbox = raw.get("mailbox", {})
     ttl = _int(mailbox, "ttl_seconds", "mailbox.ttl_seconds", d.mailbox_ttl_seconds, 1)
     max_packets = _int(mailbox, "max_packets", "mailbox.max_packets", d.mailbox_max_packets, 1)
+    max_mailboxes = _int(
+        mailbox, "max_mailboxes", "mailbox.max_mailboxes", d.mailbox_max_mailboxes, 1
+    )
+    max_bytes = _int(mailbox, "max_bytes", "mailbox.max_bytes", d.mailbox_max_bytes, 1 << 16)
 
     client = raw.get("client", {})
     home: str | None = None
@@ -313,6 +323,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         drop_rate=drop_rate,
         mailbox_ttl_seconds=ttl,
         mailbox_max_packets=max_packets,
+        mailbox_max_mailboxes=max_mailboxes,
+        mailbox_max_bytes=max_bytes,
+        max_held_packets=max_held,
         client_home=home,
         path_length=path_length,
         send_rate=send_rate,
@@ -363,10 +376,13 @@ def render_config(config: Config) -> str:
             "mean_delay_ms": config.mean_delay_ms,
             "loop_rate": config.loop_rate,
             "drop_rate": config.drop_rate,
+            "max_held_packets": config.max_held_packets,
         },
         "mailbox": {
             "ttl_seconds": config.mailbox_ttl_seconds,
             "max_packets": config.mailbox_max_packets,
+            "max_mailboxes": config.mailbox_max_mailboxes,
+            "max_bytes": config.mailbox_max_bytes,
         },
         "client": client,
         "relays": [{"did": r.did, "address": _hostport(r.address)} for r in config.relays],

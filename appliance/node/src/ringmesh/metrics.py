@@ -62,6 +62,11 @@ class RelayCollector(Collector):
             ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailboxes.depth()),
             ("ringmesh_mailboxes", "Mailboxes in memory", len(relay.mailboxes)),
             (
+                "ringmesh_mailbox_bytes",
+                "Bytes held in mailboxes (items and their bookkeeping)",
+                relay.mailboxes.bytes,
+            ),
+            (
                 "ringmesh_peers_up",
                 "Pinned relay peers with a live session",
                 len(relay.peers.live(now)),

@@ -40,8 +40,10 @@ class Drop(Reason):
     ONION_REPLAY = "onion_replay"  # its hop tag is in the epoch's replay filter
     UNKNOWN_NEXT_HOP = "unknown_next_hop"  # forward to a relay we do not pin
     PEER_DOWN = "peer_down"  # next hop unreachable, reconnect backing off
-    QUEUE_FULL = "queue_full"  # mixing delay queue full
-    MAILBOX_FULL = "mailbox_full"  # per-mailbox, mailbox count or mailbox bytes cap
+    QUEUE_FULL = "queue_full"  # mixing.max_held_packets wait out their delays
+    MAILBOX_FULL = "mailbox_full"  # this mailbox holds mailbox.max_packets
+    MAILBOXES_FULL = "mailboxes_full"  # mailbox.max_mailboxes mailboxes hold packets
+    MAILBOX_BYTES_FULL = "mailbox_bytes_full"  # mailboxes hold mailbox.max_bytes in all
     MAILBOX_EXPIRED = "mailbox_expired"  # held past its TTL
     # relay daemon: sockets
     SOCKET_ERROR = "socket_error"  # recvfrom failed (ICMP errors surface here)

@@ -53,7 +53,6 @@ from .wire import (
 
 KEEPALIVE_EVERY = 5.0
 MAINTAIN_EVERY = 0.5
-MAX_DELAYED = 200_000  # packets waiting out their sender-chosen delay
 
 
 class OnionKey:
@@ -92,7 +91,11 @@ class Relay:
         self.link = LinkEndpoint(self._credentials, self._accept, self.counters, config.link)
         self.peers = PeerTable(self.identity)
         self.mailboxes = MailboxStore(
-            config.mailbox_ttl_seconds, config.mailbox_max_packets, self.counters
+            config.mailbox_ttl_seconds,
+            config.mailbox_max_packets,
+            self.counters,
+            config.mailbox_max_mailboxes,
+            config.mailbox_max_bytes,
         )
         self.authority = directory.Authority(keys.identity, frozenset())
         self.onion_keys: list[OnionKey] = []
@@ -198,7 +201,7 @@ class Relay:
         if un.delay_us == 0:
             self._release(target, item, now)
             return
-        if len(self._delayed) >= MAX_DELAYED:
+        if len(self._delayed) >= self.config.max_held_packets:
             self.counters[Drop.QUEUE_FULL.counter] += 1
             return
         self._seq += 1
@@ -272,8 +275,6 @@ class Relay:
 
     def _claim(self, session: Session, mailbox_id: bytes, now: float) -> None:
         held = self.mailboxes.claim(mailbox_id, session, now)
-        if held is None:
-            return
         for item in held:
             self.link.send(session, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + item)
         self.link.send(
@@ -417,6 +418,7 @@ class Relay:
             "queue_depth": self.queue_depth(),
             "mailboxes": len(self.mailboxes),
             "mailbox_depth": self.mailboxes.depth(),
+            "mailbox_bytes": self.mailboxes.bytes,
             "directory": self.authority.status(now),
             "counters": dict(sorted(self.counters.items())),
         }

@@ -201,6 +201,18 @@ def test_random_packets_are_rejected_cleanly(data: bytes) -> None:
         peel(shared, data)
 
 
+@settings(max_examples=50)
+@given(st.integers(min_value=0, max_value=2 * ONION_LEN).filter(lambda n: n != ONION_LEN))
+def test_a_valid_packet_cut_or_extended_is_an_onion_error(length: int) -> None:
+    # Found by fuzz/fuzz.py (target onion): a valid header with a short payload reached the
+    # payload cipher, which raised a plain ValueError.
+    keys, hops = make_path(1)
+    _, packet = build_packet(hops, CMD_DELIVER, bytes(16), bytes(PAYLOAD_LEN))
+    shared = keys[0].exchange(X25519PublicKey.from_public_bytes(packet[:32]))
+    with pytest.raises(OnionError):
+        peel(shared, (packet * 2)[:length])
+
+
 def test_fast_paths_match_the_public_api() -> None:
     key, data = os.urandom(32), os.urandom(1000)
     assert primitives.keystream_xor(key, data) == primitives.public_keystream_xor(key, data)

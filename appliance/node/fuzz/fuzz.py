@@ -34,6 +34,7 @@ with atheris.instrument_imports():
     from ringmesh.keystore import Keystore, KeystoreError
     from ringmesh.link import LinkEndpoint
     from ringmesh.onion import Hop, OnionError, build_packet, peel
+    from ringmesh.prekeys import Prekey, PrekeyBundle, PrekeyError, PrekeyStore, seal
     from ringmesh.primitives import x25519_public
     from ringmesh.replay import OnionReplayFilter, ReplayFilterError, epoch_filter_key
     from ringmesh.wire import CMD_DELIVER, PAYLOAD_LEN, ROLE_CLIENT, ROLE_RELAY
@@ -132,6 +133,19 @@ def _keystore(data: bytes) -> None:
         OnionReplayFilter.read_from(io.BytesIO(data), FILTER_KEY)
 
 
+PREKEYS = PrekeyStore(RELAY_STORE.dir, RELAY.identity, 7 * 86400, 86400)
+BUNDLE = PREKEYS.maintain(NOW)
+
+
+def _prekeys(data: bytes) -> None:
+    with contextlib.suppress(PrekeyError):
+        PrekeyBundle.decode(data, RELAY.identity_public, NOW).public_key()
+    with contextlib.suppress(PrekeyError):
+        Prekey.decode(1, data)
+    with contextlib.suppress(PrekeyError):
+        PREKEYS.open(data)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "datagram": _datagram,
     "onion": _onion,
@@ -140,6 +154,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "descriptor": _descriptor,
     "config": _config,
     "keystore": _keystore,
+    "prekeys": _prekeys,
 }
 
 
@@ -172,6 +187,8 @@ def seeds(target: str) -> list[bytes]:
         return [render_config(Config(STATE / "node.toml", relays=relays)).encode()]
     if target == "keystore":
         return [(RELAY_STORE.dir / "epoch-00000001.json").read_bytes()]
+    if target == "prekeys":
+        return [BUNDLE.encode(), seal(BUNDLE, b"a message"), PREKEYS.held()[0].encode()]
     raise SystemExit(f"unknown target {target!r}; --list shows them")
 
 

@@ -5,9 +5,11 @@ Every flood comes from 127.0.0.x sources and is aimed at one `ringmesh run` proc
 bench_relay.py (a):
 (f1) handshakes from many ports of one address (cookie round trips, never finished);
 (f2) sessions from many self-made client identities, from many addresses;
+(f5) deliveries to random mailboxes, over one client session;
 then what each held item costs in resident memory, and the two replay defences:
 (f3) a link DATA counter that jumps to 2^63 against one that steps by 1;
-(f4) the onion replay filter at the default size: per packet, and one save to disk.
+(f4) the onion replay filter at the default size: per packet, and one save to disk;
+(f6) sealing and opening a message with the hybrid HPKE of the end-to-end prekeys.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the tests' fl
 
 from bench_relay import Load, bench_throughput, free_port, keystore, relay_config, start_relay
 
-from endpoints import SocketEndpoint, half_open_flood, session_flood
+from endpoints import SocketEndpoint, connect, half_open_flood, session_flood
 from fleet import resident_bytes
 from ringmesh.config import parse_config
 from ringmesh.keystore import Keystore
+from ringmesh.onion import Hop, build_packet
+from ringmesh.prekeys import PrekeyStore, open_sealed, seal
 from ringmesh.replay import ReplayWindow
-from ringmesh.wire import ROLE_RELAY
+from ringmesh.wire import CMD_DELIVER, MSG_ONION, NODE_ID_LEN, PAYLOAD_LEN, ROLE_RELAY
 
 ATTACKER = "127.0.0.9"
 BOTNET = [f"127.0.{i // 250 + 1}.{i % 250 + 1}" for i in range(200)]
@@ -52,8 +56,20 @@ def _flood(kind: str, relay: tuple[str, int], stop: Event, attempts: Synchronize
     """The child process: floods until told to stop, counting handshakes it started."""
     held: list[SocketEndpoint] = []  # sessions the relay accepted stay open
     round_ = 0
+    if kind == "mailboxes":
+        deliverer = SocketEndpoint(ATTACKER)
+        held.append(deliverer)
+        session = connect(deliverer, relay)
+        hop = Hop(session.peer.node_id, session.peer.onion_key())
     while not stop.is_set():
-        if kind == "handshakes":
+        if kind == "mailboxes":
+            for _ in range(100):  # a fresh packet each: a repeated one is an onion replay
+                mailbox = os.urandom(NODE_ID_LEN)
+                _, packet = build_packet([hop], CMD_DELIVER, mailbox, os.urandom(PAYLOAD_LEN))
+                deliverer.link.send(session, bytes([MSG_ONION]) + packet)
+            deliverer.pump(time.time())
+            attempts.value += 100
+        elif kind == "handshakes":
             half_open_flood(relay, ATTACKER, 200, timeout=3)
             attempts.value += 200
         else:
@@ -165,6 +181,28 @@ def replay_filter_costs(root: Path) -> tuple[int, float, float]:
     return replay.size_bytes, per_packet, time.perf_counter() - start
 
 
+def hpke_costs(root: Path) -> list[tuple[int, float, float]]:
+    """(message bytes, seconds to seal, seconds to open) with a prekey bundle as senders get it."""
+    keys = root / "prekeys"
+    keys.mkdir(mode=0o700)
+    store = PrekeyStore(keys, keystore(root, "user", ROLE_RELAY).identity, 7 * 86400, 86400)
+    bundle = store.maintain(time.time())
+    (prekey,) = store.held()
+    out = []
+    identity = store.identity_public
+    for size in (1024, 10 * 1024):
+        body = os.urandom(size)
+        sealed = seal(bundle, body)
+
+        def cpu(work: Callable[[], object], n: int = 200) -> float:
+            return timeit.timeit(work, number=n, timer=time.process_time) / n
+
+        seal_s = cpu(lambda: seal(bundle, body))  # noqa: B023
+        open_s = cpu(lambda: open_sealed(prekey, identity, sealed))  # noqa: B023
+        out.append((size, seal_s, open_s))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--packets", type=int, default=10000)
@@ -177,10 +215,12 @@ def main() -> None:
         for kind, label in (
             ("handshakes", "(f1) handshakes from many ports of 127.0.0.9"),
             ("sessions", "(f2) sessions of self-made identities from 200 addresses"),
+            ("mailboxes", "(f5) deliveries to random mailboxes over one session"),
         ):
             report: dict[str, float] = {}
             rate = forwarding_under(root, kind, flooding(kind, report), args.packets)
-            print(f"{label}: {report['flood_rate']:,.0f} handshakes started/s")
+            unit = "packets" if kind == "mailboxes" else "handshakes started"
+            print(f"{label}: {report['flood_rate']:,.0f} {unit}/s")
             print(f"    forwarding meanwhile: {rate:,.0f} ({rate / quiet:.0%} of no flood)")
             print(
                 f"    relay resident memory {report['rss'] / MiB:.1f} MiB "
@@ -206,6 +246,11 @@ def main() -> None:
             f"(f4) onion replay filter, {size / MiB:.1f} MiB: {per_packet * 1e6:.1f} us CPU "
             f"per packet, one save {save * 1e3:.0f} ms"
         )
+        for size, seal_s, open_s in hpke_costs(root):
+            print(
+                f"(f6) hybrid HPKE, {size:,} bytes: seal {seal_s * 1e6:.0f} us, "
+                f"open {open_s * 1e6:.0f} us CPU"
+            )
 
 
 if __name__ == "__main__":

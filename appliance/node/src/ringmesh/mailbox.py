@@ -40,8 +40,8 @@ class MailboxStore:
         ttl: float,
         max_items: int,
         counters: Counter[str],
-        max_mailboxes: int = 100_000,
-        max_bytes: int = 256 << 20,
+        max_mailboxes: int,
+        max_bytes: int,
     ) -> None:
         self.ttl = ttl
         self.max_items = max_items

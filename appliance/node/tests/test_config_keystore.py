@@ -290,3 +290,22 @@ def test_a_client_starts_a_new_epoch_when_its_keys_expired(tmp_path: Path) -> No
     store.init(now=time.time() - config.epoch_seconds - 1)  # an epoch that has ended
     assert _client_keys(config).current.epoch == 2
     assert _client_keys(config).current.epoch == 2  # a live epoch is kept
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("expires", 10**80), ("epoch", 0), ("epoch", 1 << 32), ("created", -1)],
+)
+def test_an_epoch_file_with_an_out_of_range_number_is_named(
+    tmp_path: Path, field: str, value: int
+) -> None:
+    # Found by fuzz/fuzz.py (target keystore): a huge `expires` reached the descriptor's
+    # struct.pack and raised struct.error instead of a keystore error naming the file.
+    store = Keystore(tmp_path / "state", ROLE_RELAY, 3600, 600)
+    store.init()
+    (path,) = (tmp_path / "state" / "keys").glob("epoch-*.json")
+    record = json.loads(path.read_text())
+    record[field] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(KeystoreError, match=f"{path.name}.*{field}"):
+        store.load()

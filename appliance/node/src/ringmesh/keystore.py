@@ -316,14 +316,14 @@ class Keystore:
     def _epoch_from_record(
         self, identity: Ed25519PrivateKey, record: dict[str, object]
     ) -> EpochKeys:
-        epoch = int(str(record["epoch"]))
-        created = int(str(record["created"]))
-        expires = int(str(record["expires"]))
+        epoch = _bounded(record["epoch"], "epoch", 1, _MAX_EPOCH)
+        created = _bounded(record["created"], "created", 0, _MAX_TIME)
+        expires = _bounded(record["expires"], "expires", 0, _MAX_TIME - self.grace_seconds)
         retired = record.get("retired_at")  # where earlier keystores kept it
         marker = self._retired_path(epoch)
         if marker.exists():
             retired = marker.read_text().strip()
-        retired_at = None if retired is None else int(str(retired))
+        retired_at = None if retired is None else _bounded(retired, "retired_at", 0, _MAX_TIME)
         link_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["link_seed"])))
         onion_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["onion_key"])))
         descriptor = Descriptor.sign(
@@ -336,6 +336,18 @@ class Keystore:
             onion_public=onion_key.public_key().public_bytes_raw(),
         )
         return EpochKeys(epoch, created, expires, retired_at, link_key, onion_key, descriptor)
+
+
+# What a descriptor can carry (epoch u32, times u64; times kept below 2^62 for headroom).
+_MAX_EPOCH = (1 << 32) - 1
+_MAX_TIME = 1 << 62
+
+
+def _bounded(value: object, name: str, low: int, high: int) -> int:
+    number = int(str(value))
+    if not low <= number <= high:
+        raise ValueError(f"{name} {number} is outside {low}..{high}")
+    return number
 
 
 def public_summary(keys: Keys) -> dict[str, object]:

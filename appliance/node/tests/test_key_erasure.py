@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet import RINGMESH, free_udp_port, ringmesh
+from ringmesh.prekeys import PrekeyStore
 
 IMAGE_MB = 32
 ROTATIONS = 5
@@ -122,3 +124,33 @@ def test_rotation_leaves_no_retired_key_in_any_block(ext4_mount: tuple[Path, Pat
     assert set(current) <= found, "the scan does not see the live keys"
     leftover = found & set(retired)
     assert len(leftover) == 0, f"{len(leftover)} of {len(retired)} retired keys still on disk"
+
+
+def test_destroyed_prekeys_leave_no_copy_in_any_block(ext4_mount: tuple[Path, Path]) -> None:
+    """The end-to-end prekeys go the same way: rotated, kept for their grace, then no block
+    of the file system holds their private halves."""
+    image, mount = ext4_mount
+    keys_dir = mount / "keys"
+    keys_dir.mkdir(mode=0o700)
+    store = PrekeyStore(keys_dir, Ed25519PrivateKey.generate(), lifetime=100, grace=10)
+    now = 1_900_000_000
+    destroyed: list[str] = []
+    for step in range(ROTATIONS):
+        start = now + step * 100
+        store.maintain(start)  # a new prekey; the previous one enters its 10 s grace
+        held = {p.prekey_id: p for p in store.held()}
+        assert len(held) == (2 if step else 1)
+        store.maintain(start + 11)  # the grace is over
+        gone = set(held) - {p.prekey_id for p in store.held()}
+        assert len(gone) == (1 if step else 0)
+        destroyed += [
+            h for i in gone for h in (held[i].mlkem_seed.hex(), held[i].x25519_private.hex())
+        ]
+    current = [h for p in store.held() for h in (p.mlkem_seed.hex(), p.x25519_private.hex())]
+    assert len(destroyed) == 2 * (ROTATIONS - 1)
+
+    subprocess.run(["umount", str(mount)], check=True)
+    found = found_in_image(image, [*destroyed, *current])
+    assert set(current) <= found, "the scan does not see the live prekey"
+    leftover = found & set(destroyed)
+    assert not leftover, f"{len(leftover)} of {len(destroyed)} destroyed prekey halves on disk"

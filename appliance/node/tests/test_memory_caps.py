@@ -82,3 +82,27 @@ def test_random_mailbox_deliveries_stop_at_the_caps_and_users_still_receive(
     assert home.mailboxes.bytes > 0
     home.mailboxes.expire(net.now + home.config.mailbox_ttl_seconds + 1, home.link.sessions)
     assert home.mailboxes.bytes == 0 and home.mailboxes.holding == 0
+
+
+def test_packets_waiting_out_their_delays_stop_at_the_cap(tmp_path: Path) -> None:
+    net = SimNet(tmp_path, 2, relay_config={"max_held_packets": 10})
+    net.run(3.0)
+    relay = net.relays[net.addrs[0]]
+    mallory = net.add_client("mallory", 0)
+    net.connect(mallory)
+    # Two hops, the first held for a minute: the sender chooses the delay, so a flood of
+    # packets asking for long delays is what fills a mix.
+    hops = [hop(net.keys[0].current.descriptor, 60_000_000), hop(net.keys[1].current.descriptor)]
+    for _ in range(25):
+        inject(mallory, build_packet(hops, CMD_DELIVER, os.urandom(16), os.urandom(PAYLOAD_LEN))[1])
+    net.run(1.0)
+    assert relay.queue_depth() == 10
+    # Mine, and the client's own cover packets that came while the queue was full.
+    assert relay.counters[Drop.QUEUE_FULL.counter] >= 15
+    net.run(61.0)  # they leave on time, and the room is free again
+    assert relay.queue_depth() < 10
+    refused = relay.counters[Drop.QUEUE_FULL.counter]
+    inject(mallory, build_packet(hops, CMD_DELIVER, os.urandom(16), os.urandom(PAYLOAD_LEN))[1])
+    net.run(0.01)
+    assert relay.counters[Drop.QUEUE_FULL.counter] == refused
+    assert max(due for due, *_ in relay._delayed) - net.now > 59  # held for its minute

@@ -205,14 +205,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         replay,
         "packets_per_second",
         "replay.packets_per_second",
-        DEFAULT_REPLAY_PACKETS_PER_SECOND,
+        d.replay_packets_per_second,
         1,
     )
     false_positive_rate = _float(
         replay,
         "false_positive_rate",
         "replay.false_positive_rate",
-        DEFAULT_REPLAY_FALSE_POSITIVE_RATE,
+        d.replay_false_positive_rate,
     )
     if not 0 < false_positive_rate < 0.5:
         raise ConfigError("replay.false_positive_rate", "must be above 0 and below 0.5")
@@ -223,9 +223,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             f"sizes each epoch's replay filter at {bits // 8 >> 20} MiB (more than "
             f"{MAX_FILTER_BYTES >> 20} MiB); lower it, or keys.epoch_seconds / keys.grace_seconds",
         )
-    save_seconds = _int(
-        replay, "save_seconds", "replay.save_seconds", DEFAULT_REPLAY_SAVE_SECONDS, 1
-    )
+    save_seconds = _int(replay, "save_seconds", "replay.save_seconds", d.replay_save_seconds, 1)
 
     metrics = raw.get("metrics", {})
     metrics_listen = parse_hostport(

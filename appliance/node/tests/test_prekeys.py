@@ -10,7 +10,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from simnet import SimNet
 
+from ringmesh import messaging as m
+from ringmesh.client import MessageAcked, MessageReceived, PrekeyFetched
+from ringmesh.did import ed25519_seed_to_x25519
 from ringmesh.keystore import KeystoreError
 from ringmesh.prekeys import (
     BUNDLE_LEN,
@@ -122,3 +126,64 @@ def test_a_damaged_prekey_file_names_itself(tmp_path: Path) -> None:
     path.write_bytes(b"short")
     with pytest.raises(KeystoreError, match=path.name):
         bob.held()
+
+
+def test_through_the_mixnet_a_message_sealed_to_a_destroyed_prekey_stays_closed(
+    tmp_path: Path,
+) -> None:
+    """Alice fetches Bob's bundle from his home relay through reply blocks, and sends him a
+    message sealed to it. The attacker records what reaches Bob's client (every layer but
+    the end-to-end one) and, once the prekey is destroyed, gets Bob's identity key and
+    every file of his prekey directory: the message stays closed."""
+    net = SimNet(tmp_path, 4)
+    net.run(3.0)
+    alice, bob = net.add_client("alice", 0), net.add_client("bob", 2)
+    prekeys = store(tmp_path / "bob-prekeys", bob.keys.identity)
+    bob.client.set_prekeys(prekeys.maintain(net.now), prekeys.held())
+    bob.client.receive_messages()
+    recorded: list[bytes] = []
+    on_item = bob.client._on_item
+
+    def record(mailbox_id: bytes, surb_id: bytes, payload: bytes, now: float) -> None:
+        recorded.append(payload)
+        on_item(mailbox_id, surb_id, payload, now)
+
+    bob.client._on_item = record  # type: ignore[method-assign]
+    net.connect(alice, bob)
+    bob_id, bob_home = bob.keys.identity_public, net.keys[2].identity_public
+
+    alice.client.fetch_prekey(bob_id, bob_home, net.now)
+    net.run(20.0, until=lambda: bool(net.events_of(alice, PrekeyFetched)))
+    (fetched,) = net.events_of(alice, PrekeyFetched)
+    assert fetched.bundle.encode() == prekeys.maintain(net.now).encode()
+    assert net.relays[net.addrs[2]].counters["prekey_answers"] == 2
+
+    body = b"for Bob only, and only while his prekey lives"
+    alice.client.send_message(body, bob_id, bob_home, net.now, bundle=fetched.bundle)
+    net.run(20.0, until=lambda: bool(net.events_of(alice, MessageAcked)))
+    assert [e.body for e in net.events_of(bob, MessageReceived)] == [body]
+
+    (sealing,) = prekeys.held()
+    prekeys.maintain(net.now + 7 * DAY)  # a new prekey; the sealing one in its grace
+    prekeys.maintain(net.now + 8 * DAY + 1)  # destroyed
+    assert sealing.prekey_id not in [p.prekey_id for p in prekeys.held()]
+
+    # The attacker peels what it recorded with Bob's identity key, down to the sealed body.
+    x_key = ed25519_seed_to_x25519(bob.keys.identity.private_bytes_raw())
+    reassembler = m.Reassembler()
+    sealed: list[bytes] = []
+    for payload in recorded:
+        try:
+            frag = m.parse_fragment(m.open_envelope(x_key, payload))
+        except m.EnvelopeError:
+            continue  # acks, loops and cover
+        complete = reassembler.add(frag, net.now)
+        if complete is not None and complete.sealed:
+            sealed.append(complete.body)
+    (blob,) = sealed
+    assert body not in blob
+    seized = [Prekey.decode(sealing.prekey_id, p.read_bytes()) for p in prekeys.dir.iterdir()]
+    for candidate in seized:
+        with pytest.raises(PrekeyError):
+            open_sealed(candidate, bob_id, blob)
+    assert open_sealed(sealing, bob_id, blob) == body  # the destroyed key would have

@@ -52,6 +52,11 @@ def user_mailbox_id(identity_public: bytes) -> bytes:
     return hashlib.sha256(b"ringmesh-mailbox" + identity_public).digest()[:16]
 
 
+def prekey_mailbox_id(identity_public: bytes) -> bytes:
+    """16-byte id a sender delivers a prekey request to, at the user's home relay."""
+    return hashlib.sha256(b"ringmesh-prekeys" + identity_public).digest()[:16]
+
+
 def reply_mailbox_id(token: bytes) -> bytes:
     """16-byte id of a one-off reply mailbox, claimable by whoever knows the token."""
     return hashlib.sha256(b"ringmesh-reply" + token).digest()[:16]

@@ -161,8 +161,16 @@ def seal(bundle: PrekeyBundle, plaintext: bytes) -> bytes:
     return _ID.pack(bundle.prekey_id) + SUITE.encrypt(plaintext, bundle.public_key(), info=info)
 
 
+def sealed_to(sealed: bytes) -> int:
+    """The id of the prekey a message is sealed to."""
+    if len(sealed) < SEAL_OVERHEAD:
+        raise PrekeyError("too short for a sealed message")
+    prekey_id: int = _ID.unpack_from(sealed)[0]
+    return prekey_id
+
+
 def open_sealed(prekey: Prekey, identity: bytes, sealed: bytes) -> bytes:
-    if len(sealed) < SEAL_OVERHEAD or _ID.unpack_from(sealed)[0] != prekey.prekey_id:
+    if sealed_to(sealed) != prekey.prekey_id:
         raise PrekeyError("not sealed to this prekey")
     try:
         return SUITE.decrypt(
@@ -215,9 +223,7 @@ class PrekeyStore:
 
     def open(self, sealed: bytes) -> bytes:
         """Open a message sealed to any prekey still held; PrekeyError when none opens it."""
-        if len(sealed) < SEAL_OVERHEAD:
-            raise PrekeyError("too short for a sealed message")
-        (prekey_id,) = _ID.unpack_from(sealed)
+        prekey_id = sealed_to(sealed)
         for prekey in self.held():
             if prekey.prekey_id == prekey_id:
                 return open_sealed(prekey, self.identity_public, sealed)

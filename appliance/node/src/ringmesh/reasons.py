@@ -53,6 +53,8 @@ class Drop(Reason):
     BAD_FRAGMENT = "bad_fragment"  # a payload that does not open: tagged, or not for us
     BAD_REPLY = "bad_reply"  # an ack or reply changed on the way
     UNEXPECTED_ITEM = "unexpected_item"  # a mailbox item for none of our mailboxes
+    SEALED_UNOPENED = "sealed_unopened"  # a message sealed to a prekey we do not hold
+    BAD_PREKEY = "bad_prekey"  # a prekey bundle that does not verify (relay or client)
     NO_PATH = "no_path"  # the directory has too few relays for a cover packet
 
 

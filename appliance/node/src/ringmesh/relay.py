@@ -18,16 +18,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import directory
+from . import messaging as m
 from .admission import source_of
 from .codec import directory_messages
 from .config import Config, RelayEntry
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
-from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
+from .did import did_from_public, node_id, prekey_mailbox_id, reply_mailbox_id, user_mailbox_id
 from .keystore import EpochKeys, Keys, iso
 from .link import Addr, HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
 from .mailbox import MailboxStore
 from .onion import Hop, OnionError, build_packet, hop_delay_us, peel
 from .peers import PEER_UP_WITHIN, RECONNECT_BACKOFF, Peer, PeerTable
+from .prekeys import BUNDLE_LEN, PrekeyBundle, PrekeyError
 from .primitives import x25519_public
 from .reasons import Counters, Drop, HandshakeFailure
 from .replay import OnionReplayFilter
@@ -45,10 +47,12 @@ from .wire import (
     MSG_MAILBOX_ITEM,
     MSG_MAILBOX_SYNC,
     MSG_ONION,
+    MSG_PREKEY,
     NODE_ID_LEN,
     ONION_LEN,
     PAYLOAD_LEN,
     ROLE_RELAY,
+    SURB_ID_LEN,
 )
 
 KEEPALIVE_EVERY = 5.0
@@ -98,6 +102,7 @@ class Relay:
             config.mailbox_max_bytes,
         )
         self.authority = directory.Authority(keys.identity, frozenset())
+        self.prekeys: dict[bytes, tuple[float, bytes]] = {}  # prekey mailbox -> (expires, bundle)
         self.onion_keys: list[OnionKey] = []
         # (due, sequence, next relay identity or b"" to deliver, item)
         self._delayed: list[tuple[float, int, bytes, bytes]] = []
@@ -236,6 +241,10 @@ class Relay:
 
     def _deliver(self, mailbox_id: bytes, item: bytes, now: float) -> None:
         """item: reply-block id and payload, as the mailbox's owner gets them."""
+        published = self.prekeys.get(mailbox_id)
+        if published is not None:
+            self._answer_prekey_request(published[1], item[SURB_ID_LEN:], now)
+            return
         owner = self.mailboxes.deliver(mailbox_id, item, now)
         if owner is not None:
             self.link.send(owner, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + item)
@@ -254,10 +263,45 @@ class Relay:
             self._claim(session, user_mailbox_id(session.peer_identity), now)
         elif kind == MSG_CLAIM_REPLY:
             self._claim(session, reply_mailbox_id(body[:32]), now)
+        elif kind == MSG_PREKEY:
+            self._on_prekey(session, body[:BUNDLE_LEN], now)
         elif kind == MSG_CLOSE:
             self.link.close(session)
         else:
             self.counters[Drop.BAD_MESSAGE.counter] += 1
+
+    # --- prekeys: published by a user's client, handed to anyone through reply blocks ------
+
+    def _on_prekey(self, session: Session, raw: bytes, now: float) -> None:
+        """A user's certified bundle, over the user's own session (so only it can publish)."""
+        try:
+            bundle = PrekeyBundle.decode(raw, session.peer_identity, now)
+        except PrekeyError:
+            self.counters[Drop.BAD_PREKEY.counter] += 1
+            return
+        mailbox_id = prekey_mailbox_id(bundle.identity)
+        if (
+            mailbox_id not in self.prekeys
+            and len(self.prekeys) >= self.config.mailbox_max_mailboxes
+        ):
+            self.counters[Drop.MAILBOXES_FULL.counter] += 1
+            return
+        self.prekeys[mailbox_id] = (float(bundle.expires), raw)
+
+    def _answer_prekey_request(self, bundle: bytes, request: bytes, now: float) -> None:
+        """The request is two reply blocks whose paths start here; each carries half the
+        bundle back to the sender, whom this relay never learns."""
+        half = (len(bundle) + 1) // 2
+        for index in range(2):
+            raw = request[index * m.SURB_LEN : (index + 1) * m.SURB_LEN]
+            chunk = bytes([index]) + bundle[index * half : (index + 1) * half]
+            try:
+                packet = m.ReplyBlock.decode(raw).packet(m.SURB_PREKEY, chunk)
+            except m.EnvelopeError:
+                self.counters[Drop.BAD_MESSAGE.counter] += 1
+                return
+            self.counters["prekey_answers"] += 1
+            self._on_onion(packet, now)
 
     def _on_descriptor(self, session: Session, raw: bytes, now: float) -> None:
         peer = self.peers.peers.get(session.peer_identity)
@@ -367,6 +411,8 @@ class Relay:
             ):
                 self._connect(peer, now)
         self.mailboxes.expire(now, self.link.sessions)
+        for mailbox_id in [i for i, (expires, _) in self.prekeys.items() if expires <= now]:
+            del self.prekeys[mailbox_id]
         self._refresh_directory(now)  # a new epoch, or a descriptor that just expired
 
     def _cover_gap(self, rate: float) -> float:

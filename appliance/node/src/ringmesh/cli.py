@@ -176,6 +176,7 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
                     "message_id": result.message_id.hex(),
                     "acked": result.acked,
                     "attempts": result.attempts,
+                    "forward_secret": result.forward_secret,
                 }
                 ok = result.acked
         finally:

@@ -366,7 +366,8 @@ class Client:
         blocks = b""
         for _ in range(2):
             back = self._route(recipient_home, me, now, avoid=frozenset(forward[1:-1]))
-            assert back is not None
+            if back is None:
+                raise ClientError("the directory has no relay besides the two home relays")
             blocks += self._issue_surb(back, self.reply_mailbox, m.SURB_PREKEY, request_id, now)
         payload = blocks + os.urandom(PAYLOAD_LEN - len(blocks))
         mailbox = prekey_mailbox_id(recipient)

@@ -157,6 +157,7 @@ def test_through_the_mixnet_a_message_sealed_to_a_destroyed_prekey_stays_closed(
     (fetched,) = net.events_of(alice, PrekeyFetched)
     assert fetched.bundle.encode() == prekeys.maintain(net.now).encode()
     assert net.relays[net.addrs[2]].counters["prekey_answers"] == 2
+    assert net.relays[net.addrs[2]].status(net.now)["prekey_bundles"] == 1  # Bob's
 
     body = b"for Bob only, and only while his prekey lives"
     alice.client.send_message(body, bob_id, bob_home, net.now, bundle=fetched.bundle)

@@ -62,6 +62,11 @@ class RelayCollector(Collector):
             ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailboxes.depth()),
             ("ringmesh_mailboxes", "Mailboxes in memory", len(relay.mailboxes)),
             (
+                "ringmesh_prekey_bundles",
+                "Users' end-to-end prekey bundles held to hand to senders",
+                len(relay.prekeys),
+            ),
+            (
                 "ringmesh_mailbox_bytes",
                 "Bytes held in mailboxes (items and their bookkeeping)",
                 relay.mailboxes.bytes,

@@ -465,6 +465,7 @@ class Relay:
             "mailboxes": len(self.mailboxes),
             "mailbox_depth": self.mailboxes.depth(),
             "mailbox_bytes": self.mailboxes.bytes,
+            "prekey_bundles": len(self.prekeys),
             "directory": self.authority.status(now),
             "counters": dict(sorted(self.counters.items())),
         }

@@ -3,6 +3,7 @@ KEM, rotation, and forward secrecy once a prekey is destroyed."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -105,7 +106,12 @@ def test_a_recorded_message_stays_closed_after_its_prekey_is_destroyed(tmp_path:
     assert seized and all(destroyed.mlkem_seed not in data for data in seized.values())
     assert all(destroyed.x25519_private not in data for data in seized.values())
     # Every key the attacker now holds, tried as the prekey under the recorded id.
-    candidates = [Prekey.decode(destroyed.prekey_id, data) for data in seized.values()]
+    candidates = [
+        Prekey.decode(destroyed.prekey_id, data)
+        for name, data in seized.items()
+        if name.startswith("prekey-")
+    ]
+    assert candidates  # the current prekey
     candidates.append(
         Prekey(destroyed.prekey_id, seized_identity * 2, seized_identity, NOW, NOW + DAY)
     )
@@ -183,8 +189,26 @@ def test_through_the_mixnet_a_message_sealed_to_a_destroyed_prekey_stays_closed(
             sealed.append(complete.body)
     (blob,) = sealed
     assert body not in blob
-    seized = [Prekey.decode(sealing.prekey_id, p.read_bytes()) for p in prekeys.dir.iterdir()]
+    seized = [
+        Prekey.decode(sealing.prekey_id, p.read_bytes()) for p in prekeys.dir.glob("prekey-*")
+    ]
+    assert seized
     for candidate in seized:
         with pytest.raises(PrekeyError):
             open_sealed(candidate, bob_id, blob)
     assert open_sealed(sealing, bob_id, blob) == body  # the destroyed key would have
+
+
+def _maintain_in_another_process(keys_dir: str, seed: bytes) -> bytes:
+    identity = Ed25519PrivateKey.from_private_bytes(seed)
+    return PrekeyStore(Path(keys_dir), identity, 7 * DAY, DAY).maintain(NOW).encode()
+
+
+def test_processes_starting_together_share_one_prekey(tmp_path: Path) -> None:
+    # `recv` and `send` of one user often start at once: neither may fail or make a second.
+    bob = store(tmp_path)
+    seed = bob.identity.private_bytes_raw()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        bundles = pool.starmap(_maintain_in_another_process, [(str(bob.dir), seed)] * 4)
+    assert len(set(bundles)) == 1
+    assert [p.prekey_id for p in bob.held()] == [1]

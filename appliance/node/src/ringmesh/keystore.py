@@ -114,6 +114,17 @@ def _write_atomic(path: Path, *chunks: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def locked_dir(directory: Path) -> Iterator[None]:
+    """Exclusive use of a key directory among processes (a daemon, `send`, `recv`, timers)."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _destroy(path: Path) -> None:
     """Overwrite in place, sync, then unlink.
 
@@ -168,14 +179,8 @@ class Keystore:
         for path in self.dir.iterdir():
             self._check_mode(path, 0o600)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked_dir(self.dir)
 
     # --- commands ----------------------------------------------------------------------------
 

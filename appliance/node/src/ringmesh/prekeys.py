@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from .keystore import KeystoreError, _create_private, _destroy
+from .keystore import KeystoreError, _create_private, _destroy, locked_dir
 
 SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 VERSION = 1
@@ -208,7 +208,12 @@ class PrekeyStore:
 
     def maintain(self, now: float) -> PrekeyBundle:
         """Make a new prekey when the current one ended (or none exists), destroy those whose
-        grace is over; returns the current prekey's certified bundle."""
+        grace is over; returns the current prekey's certified bundle. Safe to call from
+        several processes at once (a `recv` and a `send` of one user)."""
+        with locked_dir(self.dir):
+            return self._maintain_locked(now)
+
+    def _maintain_locked(self, now: float) -> PrekeyBundle:
         held = self.held()
         for prekey in held:
             if prekey.expires + self.grace <= now:

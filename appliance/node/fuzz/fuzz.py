@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,21 @@ with atheris.instrument_imports():
     from ringmesh.wire import CMD_DELIVER, PAYLOAD_LEN, ROLE_CLIENT, ROLE_RELAY
 
 NOW = 1_900_000_000.0
-STATE = Path(tempfile.mkdtemp(prefix="ringmesh-fuzz-"))
+
+
+def _state_dir() -> Path:
+    """A scratch directory named after this process. libFuzzer ends the process without
+    Python's clean-up, so each run removes those of runs that are over."""
+    for old in Path(tempfile.gettempdir()).glob("ringmesh-fuzz-*"):
+        pid = old.name.removeprefix("ringmesh-fuzz-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    state = Path(tempfile.gettempdir()) / f"ringmesh-fuzz-{os.getpid()}"
+    state.mkdir(mode=0o700)
+    return state
+
+
+STATE = _state_dir()
 RELAY_STORE = Keystore(STATE / "relay", ROLE_RELAY, 3600, 600)
 RELAY_STORE.init(NOW)
 RELAY = RELAY_STORE.load(NOW)

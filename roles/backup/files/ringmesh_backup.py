@@ -10,6 +10,7 @@ Installed by roles/backup as /usr/local/sbin/ringmesh-backup and driven by its s
     ringmesh-backup restore --destination DIR [--expect-did DID]
                                           the newest archive that restores intact (and, with
                                           --expect-did, holds that identity), with fallbacks
+    ringmesh-backup compare DIR           checksums of a restored tree against the live files
 
 Retention, checks and hooks of borg are borgmatic's (one borgmatic config per repository);
 this program only walks the repositories, records Prometheus metrics for the textfile
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import fnmatch
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -524,7 +526,8 @@ def restore(config: Config, destination: Path, expect_did: str | None) -> Restor
         for label, why in found.unreachable.items()
     ]
     repos = {r.label: r for r in config.repositories}
-    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    destination.mkdir(mode=0o711, parents=True, exist_ok=True)
+    destination.chmod(0o711)  # the node's user checks the identity inside; it lists nothing here
     for number, archive in enumerate(found.archives):
         attempt = destination / f"attempt-{number}"
         shutil.rmtree(attempt, ignore_errors=True)
@@ -556,6 +559,24 @@ def restore(config: Config, destination: Path, expect_did: str | None) -> Restor
     raise BackupError(f"no archive could be restored ({reasons})")
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def compare(restored: Path) -> dict[str, list[str]]:
+    """Each restored file against its live counterpart: same, changed since the archive, or gone."""
+    report: dict[str, list[str]] = {"same": [], "changed": [], "missing": []}
+    for path in sorted(p for p in restored.rglob("*") if p.is_file() and not p.is_symlink()):
+        live = Path("/") / path.relative_to(restored)
+        if not live.is_file():
+            report["missing"].append(str(live))
+        elif sha256(live) == sha256(path):
+            report["same"].append(str(live))
+        else:
+            report["changed"].append(str(live))
+    return report
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -572,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_parser = commands.add_parser("restore", help="restore the newest intact archive (JSON report)")
     restore_parser.add_argument("--destination", type=Path, required=True)
     restore_parser.add_argument("--expect-did", help="skip archives whose identity is not this did:key")
+    compare_parser = commands.add_parser("compare", help="a restored tree against the live files (JSON)")
+    compare_parser.add_argument("restored", type=Path)
     args = parser.parse_args(argv)
     os.umask(0o077)
     try:
@@ -590,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "verify-sources":
             verify_sources(config)
+            return 0
+        if args.command == "compare":
+            print(json.dumps(compare(args.restored)))
             return 0
         report_ = restore(config, args.destination, args.expect_did)
         print(json.dumps(asdict(report_)))

@@ -366,3 +366,48 @@ def test_bad_variables_stop_the_role_naming_the_variable(extra_vars: dict[str, o
     assert result.returncode != 0
     assert named in result.stdout, result.stdout[-3000:]
     assert relay("backup-relay1").check_output(f"sha256sum {CONFIG}") == before
+
+
+def run_prune(*args: str) -> subprocess.CompletedProcess[str]:
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "prune.yml")
+    key = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "operator_ed25519")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            playbook,
+            "-e",
+            f"backup_operator_key_file={key}",
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_prune_shows_the_record_then_prunes_with_the_operators_key_only() -> None:
+    """Runs last: it deletes the older archives the tests above needed."""
+    client = relay("backup-relay2")
+    peer = "backup-relay3"
+    borg_before, restic_before = borg_archives(client, peer), restic_snapshots(client, peer)
+    assert len(borg_before) >= 2 and len(restic_before) >= 2
+    dry = run_prune("--limit", "backup-relay2")
+    assert dry.returncode == 0, dry.stdout[-5000:]
+    assert "transactions since the last prune" in dry.stdout and "transaction " in dry.stdout, dry.stdout[-5000:]
+    assert borg_archives(client, peer) == borg_before and restic_snapshots(client, peer) == restic_before
+    wet = run_prune("--limit", "backup-relay2", "-e", "backup_prune_confirm=true")
+    assert wet.returncode == 0, wet.stdout[-5000:]
+    # keep_hourly keeps the newest archive of this hour; the older ones of the hour go.
+    assert borg_archives(client, peer) == borg_before[-1:]
+    assert restic_snapshots(client, peer) != restic_before and len(restic_snapshots(client, peer)) == 1
+    assert borg(client, peer, "check REPO").rc == 0
+    assert restic(client, peer, "check").rc == 0
+    # The relay's own key still cannot delete what is left.
+    assert borg(client, peer, f"delete REPO::{borg_before[-1]}").rc != 0

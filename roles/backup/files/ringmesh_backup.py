@@ -416,8 +416,8 @@ def parse_time(text: str) -> float:
     text = text.strip().replace("Z", "+00:00")
     if "." in text:  # restic has nanoseconds, which fromisoformat does not take
         head, _, tail = text.partition(".")
-        digits = "".join(ch for ch in tail if ch.isdigit())
-        text = head + "." + digits[:6] + tail[len(digits) :]
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        text = head + "." + tail[: min(digits, 6)] + tail[digits:]
     stamp = datetime.fromisoformat(text)
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)

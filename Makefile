@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 # Molecule scenarios, cheapest first; `default` is the whole fleet on three hosts.
-SCENARIOS := supervisor firewall hardening keys node default
+SCENARIOS := supervisor firewall hardening keys node backup default
 
 .PHONY: help bootstrap venv images lab lab-down lint test test-node test-infra test-e2e bench clean
 

@@ -133,7 +133,7 @@ def test_files_outside_the_allow_list_stop_the_backup_naming_them(tmp_path: Path
 
 def test_metrics_name_each_repository_and_the_intervals(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    state = {"borg@relay2": tool.RepoState(last_success=5.0, success=1, size_bytes=42.0)}
+    state = {"borg@relay2": tool.RepoState(backup=tool.Outcome(last_success=5.0, success=1), size_bytes=42.0)}
     text = tool.render_metrics(config, state)
     assert 'ringmesh_backup_last_success_timestamp_seconds{tool="borg",repository="relay2"} 5.0' in text
     assert 'ringmesh_backup_repository_size_bytes{tool="borg",repository="relay2"} 42.0' in text

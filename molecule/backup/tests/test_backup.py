@@ -338,8 +338,8 @@ def test_a_failed_backup_fails_its_unit_and_says_why() -> None:
     client.check_output("systemctl start ringmesh-backup-borg.service")
 
 
-def run_converge(*args: str) -> subprocess.CompletedProcess[str]:
-    playbook = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")
+def run_playbook(playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook on the scenario's inventory; stdout holds stderr too, without colours."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *args],
@@ -348,9 +348,13 @@ def run_converge(*args: str) -> subprocess.CompletedProcess[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
         check=False,
     )
+
+
+def run_converge(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"), *args)
 
 
 @pytest.mark.parametrize(
@@ -369,27 +373,10 @@ def test_bad_variables_stop_the_role_naming_the_variable(extra_vars: dict[str, o
 
 
 def run_prune(*args: str) -> subprocess.CompletedProcess[str]:
+    """playbooks/prune.yml from this machine, the operator's, with the operator's key."""
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "prune.yml")
     key = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "operator_ed25519")
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            playbook,
-            "-e",
-            f"backup_operator_key_file={key}",
-            *args,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    return run_playbook(playbook, "-e", f"backup_operator_key_file={key}", *args)
 
 
 def test_prune_shows_the_record_then_prunes_with_the_operators_key_only() -> None:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,23 +216,30 @@ def verify_sources(config: Config) -> None:
 
 
 @dataclass
-class RepoState:
+class Outcome:
+    """The last run of one job (backup or check) on one repository."""
+
     last_success: float = 0.0
     last_attempt: float = 0.0
     success: int = 0
     duration: float = 0.0
+
+
+@dataclass
+class RepoState:
+    backup: Outcome = field(default_factory=Outcome)
+    check: Outcome = field(default_factory=Outcome)
     size_bytes: float = 0.0
-    check_last_success: float = 0.0
-    check_last_attempt: float = 0.0
-    check_success: int = 0
-    check_duration: float = 0.0
 
 
 def load_state(config: Config) -> dict[str, RepoState]:
     try:
         raw = json.loads(Path(config.state_file).read_text())
-        return {key: RepoState(**value) for key, value in raw.items()}
-    except (OSError, ValueError, TypeError):
+        return {
+            key: RepoState(Outcome(**value["backup"]), Outcome(**value["check"]), float(value["size_bytes"]))
+            for key, value in raw.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError):
         return {}
 
 
@@ -250,26 +257,26 @@ def write_atomically(path: Path, text: str, mode: int) -> None:
         raise
 
 
-METRICS = (
-    ("last_success_timestamp_seconds", "last_success", "Time of the last successful backup."),
-    ("last_attempt_timestamp_seconds", "last_attempt", "Time of the last backup attempt."),
-    ("last_run_success", "success", "1 if the last backup succeeded, 0 if it failed."),
-    ("duration_seconds", "duration", "Duration of the last backup attempt."),
-    ("repository_size_bytes", "size_bytes", "Deduplicated, compressed size of the repository."),
-    ("check_last_success_timestamp_seconds", "check_last_success", "Time of the last successful check."),
-    ("check_last_attempt_timestamp_seconds", "check_last_attempt", "Time of the last check attempt."),
-    ("check_success", "check_success", "1 if the last check passed, 0 if it failed."),
-    ("check_duration_seconds", "check_duration", "Duration of the last check."),
+METRICS: tuple[tuple[str, Callable[[RepoState], float], str], ...] = (
+    ("last_success_timestamp_seconds", lambda s: s.backup.last_success, "Time of the last successful backup."),
+    ("last_attempt_timestamp_seconds", lambda s: s.backup.last_attempt, "Time of the last backup attempt."),
+    ("last_run_success", lambda s: s.backup.success, "1 if the last backup succeeded, 0 if it failed."),
+    ("duration_seconds", lambda s: s.backup.duration, "Duration of the last backup attempt."),
+    ("repository_size_bytes", lambda s: s.size_bytes, "Deduplicated, compressed size of the repository."),
+    ("check_last_success_timestamp_seconds", lambda s: s.check.last_success, "Time of the last successful check."),
+    ("check_last_attempt_timestamp_seconds", lambda s: s.check.last_attempt, "Time of the last check attempt."),
+    ("check_success", lambda s: s.check.success, "1 if the last check passed, 0 if it failed."),
+    ("check_duration_seconds", lambda s: s.check.duration, "Duration of the last check."),
 )
 
 
 def render_metrics(config: Config, state: dict[str, RepoState]) -> str:
     lines = []
-    for metric, attribute, doc in METRICS:
+    for metric, value_of, doc in METRICS:
         name = f"ringmesh_backup_{metric}"
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
         for repo in config.repositories:
-            value = getattr(state.get(repo.label, RepoState()), attribute)
+            value = value_of(state.get(repo.label, RepoState()))
             lines.append(f'{name}{{tool="{repo.tool}",repository="{repo.name}"}} {value}')
     name = "ringmesh_backup_interval_seconds"
     lines += [f"# HELP {name} Scheduled time between two runs.", f"# TYPE {name} gauge"]
@@ -307,54 +314,46 @@ def restic_backup(repo: Repository, config: Config) -> float:
     return float(sizes[-1]) if sizes else 0.0
 
 
-def backup(config: Config, tool: str) -> int:
-    verify_sources(config)
+def run_backup(repo: Repository, config: Config, entry: RepoState) -> str:
+    entry.size_bytes = borg_backup(repo, config) if repo.tool == "borg" else restic_backup(repo, config)
+    return f", repository {entry.size_bytes / 1e6:.2f} MB"
+
+
+def run_check(repo: Repository, config: Config, entry: RepoState) -> str:
+    if repo.tool == "borg":
+        borgmatic(repo, config, "check")  # which checks: the config's `checks` (data: --verify-data)
+    else:
+        restic(repo, config, "check", f"--read-data-subset={config.restic_check_subset}")
+    return ""
+
+
+JOBS = {"backup": run_backup, "check": run_check}
+
+
+def run_job(config: Config, tool: str, job: str) -> int:
+    """One job on every repository of one tool; 1 if any failed (the journal says which and why)."""
+    if job == "backup":
+        verify_sources(config)
     state = load_state(config)
     failed = []
     for repo in config.of_tool(tool):
         entry = state.setdefault(repo.label, RepoState())
+        outcome: Outcome = getattr(entry, job)
         began = time.time()
-        entry.last_attempt = began
+        outcome.last_attempt = began
         try:
-            entry.size_bytes = borg_backup(repo, config) if tool == "borg" else restic_backup(repo, config)
-            entry.success = 1
-            entry.last_success = time.time()
-            log(f"backup {repo.label}: ok in {time.time() - began:.1f}s, repository {entry.size_bytes / 1e6:.2f} MB")
+            detail = JOBS[job](repo, config, entry)
+            outcome.success = 1
+            outcome.last_success = time.time()
+            log(f"{job} {repo.label}: ok in {time.time() - began:.1f}s{detail}")
         except BackupError as error:
-            entry.success = 0
+            outcome.success = 0
             failed.append(repo.label)
-            log(f"backup {repo.label}: FAILED after {time.time() - began:.1f}s: {error}")
-        entry.duration = time.time() - began
+            log(f"{job} {repo.label}: FAILED after {time.time() - began:.1f}s: {error}")
+        outcome.duration = time.time() - began
         save_state(config, state)
     if failed:
-        log(f"backup {tool}: failed for {', '.join(failed)}")
-        return 1
-    return 0
-
-
-def check(config: Config, tool: str) -> int:
-    state = load_state(config)
-    failed = []
-    for repo in config.of_tool(tool):
-        entry = state.setdefault(repo.label, RepoState())
-        began = time.time()
-        entry.check_last_attempt = began
-        try:
-            if tool == "borg":
-                borgmatic(repo, config, "check")  # which checks: the config's `checks` (data: --verify-data)
-            else:
-                restic(repo, config, "check", f"--read-data-subset={config.restic_check_subset}")
-            entry.check_success = 1
-            entry.check_last_success = time.time()
-            log(f"check {repo.label}: ok in {time.time() - began:.1f}s")
-        except BackupError as error:
-            entry.check_success = 0
-            failed.append(repo.label)
-            log(f"check {repo.label}: FAILED after {time.time() - began:.1f}s: {error}")
-        entry.check_duration = time.time() - began
-        save_state(config, state)
-    if failed:
-        log(f"check {tool}: failed for {', '.join(failed)}")
+        log(f"{job} {tool}: failed for {', '.join(failed)}")
         return 1
     return 0
 
@@ -603,10 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = init(config)
             print(json.dumps(report))
             return 1 if report["failed"] else 0
-        if args.command == "backup":
-            return backup(config, args.tool)
-        if args.command == "check":
-            return check(config, args.tool)
+        if args.command in JOBS:
+            return run_job(config, args.tool, args.command)
         if args.command == "archives":
             found = gather(config)
             print(json.dumps({"archives": [asdict(a) for a in found.archives], "unreachable": found.unreachable}))

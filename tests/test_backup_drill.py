@@ -8,7 +8,7 @@ come back with relay2's did:key from an intact archive (saying which one it skip
 why), its peers must see it up at the new address, and a message to a user whose home
 relay it is must arrive. The report's RTO must be under five minutes.
 
-The drill needs a provisioned lab: it runs `lab/lab up` (reusing a lab that is up) and
+The drill needs a provisioned lab: it runs `lab/lab down` and `lab/lab up` first and
 `lab/lab down` at the end, since the lab no longer matches lab/lab's picture afterwards.
 """
 
@@ -78,6 +78,7 @@ def podman_exec(host: str, command: str) -> str:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[None]:
+    run([str(REPO / "lab" / "lab"), "down"], timeout=600)  # a fresh fleet, as test_lab.py starts
     up = run([str(REPO / "lab" / "lab"), "up"], timeout=45 * 60)
     assert up.returncode == 0, up.stdout[-15000:]
     yield

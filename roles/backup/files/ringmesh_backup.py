@@ -151,7 +151,8 @@ def run_tool(argv: Sequence[str], config: Config, *, env: dict[str, str] | None 
 
 
 def borgmatic(repo: Repository, config: Config, *action: str) -> str:
-    return run_tool(["borgmatic", "-c", repo.borgmatic_config, *action], config)
+    # borg's JSON times are local and carry no offset: make local UTC, as parse_time reads them.
+    return run_tool(["borgmatic", "-c", repo.borgmatic_config, *action], config, env=dict(os.environ, TZ="UTC"))
 
 
 def restic_env(config: Config) -> dict[str, str]:
@@ -411,7 +412,7 @@ class Archive:
 
 
 def parse_time(text: str) -> float:
-    """borg's and restic's archive times: ISO 8601, with or without an offset (naive is UTC here)."""
+    """borg's and restic's archive times: ISO 8601, with or without an offset (naive: UTC, see borgmatic())."""
     text = text.strip().replace("Z", "+00:00")
     if "." in text:  # restic has nanoseconds, which fromisoformat does not take
         head, _, tail = text.partition(".")

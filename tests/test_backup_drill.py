@@ -59,6 +59,13 @@ def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def json_callback_env() -> dict[str, str]:
+    """The lab's tool environment with Ansible's JSON callback alone on stdout."""
+    env = dict(lab.tool_env(), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)  # profile_roles would print into the JSON
+    return env
+
+
 def on(host: str, command: str, timeout: float = 120) -> str:
     """A root command on a lab host, over SSH as the admin."""
     return str(lab.ssh(host, f"sudo sh -c {json.dumps(command)}", timeout=timeout).stdout)
@@ -120,7 +127,7 @@ def drill(fleet: None) -> dict[str, Any]:
         ],
         cwd=REPO,
         # Ansible's JSON callback: the report is read as data, not scraped from the log.
-        env=dict(lab.tool_env(), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_CALLBACKS_ENABLED=""),
+        env=json_callback_env(),
         capture_output=True,
         text=True,
         timeout=20 * 60,

@@ -34,7 +34,7 @@ STORE = "/var/lib/ringmesh-backup"
 
 
 def load_lab() -> ModuleType:
-    """lab/lab as a module: its containers, SSH and mesh-client helpers, one source of truth."""
+    """lab/lab as a module: its containers, SSH and mesh-client functions, one source of truth."""
     loader = SourceFileLoader("ringmesh_lab", str(REPO / "lab" / "lab"))
     spec = importlib.util.spec_from_loader("ringmesh_lab", loader)
     assert spec is not None

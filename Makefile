@@ -6,57 +6,64 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-# Molecule scenarios, cheapest first; `default` is the whole fleet on three hosts.
-SCENARIOS := supervisor firewall hardening keys node backup default
-
-.PHONY: help bootstrap venv images lab lab-down lint test test-node test-infra test-e2e bench clean
+.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-ledger test-infra bench bench-ledger clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
-	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, lab end-to-end"
+	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, the fleet end to end"
 	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make bench-ledger  the ledger's proof and commit benchmark"
 
 bootstrap:
 	scripts/bootstrap-host
 
-$(VENV)/.stamp: requirements-dev.txt appliance/node/pyproject.toml
+$(VENV)/.stamp: requirements-dev.txt appliance/node/pyproject.toml appliance/ledger/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	$(VENV)/bin/pip install -q -e 'appliance/node[test]'
+	$(VENV)/bin/pip install -q -e 'appliance/ledger[test]'
 	touch $@
 
 venv: bootstrap $(VENV)/.stamp
 
-images: bootstrap
-	images/base/build trixie
-	images/base/build bookworm
+# The plain Debian base images (both releases at once: debootstrap mostly waits on the
+# mirror), and the test image of the per-role scenarios on top of trixie's.
+base-images: venv
+	images/base/build trixie & trixie=$$!; images/base/build bookworm & bookworm=$$!; \
+	  wait $$trixie; wait $$bookworm
 
-lab: venv images
+images: base-images
+	images/test/build trixie
+
+lab: venv base-images
 	lab/lab up
 
 lab-down: venv
 	lab/lab down
 
 lint: venv
-	yamllint -s .
-	ansible-lint
-	ruff check . lab/lab
-	mypy
-	cd appliance/node && mypy
+	python -m harness.suite lint
 
 test-node: venv
-	pytest -q appliance/node/tests
+	python -m harness.suite node
 
-# Molecule and the lab end-to-end test run under pytest so `make test` ends on one
-# summary line that counts every scenario.
+# The ledger's tests start their own etcd and PostgreSQL servers (Debian's, from bootstrap).
+test-ledger: venv
+	python -m harness.suite ledger
+
 test-infra: venv images
-	pytest -v tests
+	python -m harness.suite infra
 
-test: lint test-node test-infra
+# Every stage, then a table of how long each step and each test took.
+test: venv images
+	python -m harness.suite
 
 bench: venv
 	python appliance/node/bench/bench_relay.py
+
+bench-ledger: venv
+	python appliance/ledger/bench/bench_ledger.py
 
 clean: lab-down
 	rm -rf $(VENV)

@@ -1,8 +1,7 @@
-"""Each Molecule scenario (create, converge, idempotence, check, verify, destroy) as one test.
-
-Molecule itself drives real systemd containers; this only gives `make test` one summary
-that counts every scenario, and keeps Molecule's output for the scenario that failed.
-"""
+"""Each Molecule scenario (create, converge, idempotence, side effect, verify, destroy) as one
+test, run two at a time (pytest -n 2): Molecule drives the real systemd containers; this gives
+`make test` one summary that counts every scenario, and keeps Molecule's output for the
+scenario that failed."""
 
 import os
 import subprocess

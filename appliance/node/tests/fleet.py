@@ -10,8 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from ringmesh.config import Config, RelayEntry, render_config
 
 RINGMESH = [sys.executable, "-m", "ringmesh.cli"]
 
@@ -50,6 +53,17 @@ class Node:
     did: str = ""
     proc: subprocess.Popen[bytes] | None = None
     advertised_port: int = 0  # what the others dial (may be a recording proxy)
+    command: list[str] = field(default_factory=lambda: list(RINGMESH))  # how to run it
+
+
+# Fast Loopix rates so the tests take seconds: a 10 KiB message (13 fragments) leaves a
+# client in about 0.3 s, each hop holds a packet about 2 ms.
+RELAY_VALUES: dict[str, object] = {
+    "mean_delay_ms": 2,
+    "loop_rate": 2.0,
+    "mailbox_ttl_seconds": 600,
+}
+CLIENT_VALUES: dict[str, object] = {"mean_delay_ms": 2, "send_rate": 50.0, "client_loop_rate": 5.0}
 
 
 @dataclass
@@ -57,64 +71,44 @@ class Fleet:
     root: Path
     relays: list[Node] = field(default_factory=list)
     clients: list[Node] = field(default_factory=list)
-    mean_delay_ms: int = 2
-    extra_relay_toml: str = ""
+    relay_values: dict[str, object] = field(default_factory=lambda: dict(RELAY_VALUES))
+    client_values: dict[str, object] = field(default_factory=lambda: dict(CLIENT_VALUES))
     proxies: list[RecordingProxy] = field(default_factory=list)
 
-    def relay_lines(self, nodes: list[Node]) -> str:
-        return "".join(
-            f'[[relays]]\ndid = "{n.did}"\naddress = "127.0.0.1:{n.advertised_port or n.port}"\n\n'
-            for n in nodes
+    @staticmethod
+    def pins(nodes: list[Node]) -> tuple[RelayEntry, ...]:
+        return tuple(
+            RelayEntry.from_did(n.did, ("127.0.0.1", n.advertised_port or n.port)) for n in nodes
         )
 
-    def write_relay_config(self, node: Node, pinned: list[Node]) -> None:
-        node.config.write_text(
-            f"""[node]
-role = "relay"
-name = "{node.name}"
-state_dir = "{node.state_dir}"
-listen = "127.0.0.1:{node.port}"
-advertise = "127.0.0.1:{node.port}"
-log_level = "info"
+    def write_config(self, node: Node, **values: object) -> None:
+        base = Config(node.config, name=node.name, state_dir=node.state_dir)
+        node.config.write_text(render_config(replace(base, **values)))  # type: ignore[arg-type]
 
-[keys]
-epoch_seconds = 86400
-grace_seconds = 3600
-
-[metrics]
-listen = "127.0.0.1:{node.metrics_port}"
-
-[mixing]
-mean_delay_ms = {self.mean_delay_ms}
-{self.extra_relay_toml}
-[mailbox]
-ttl_seconds = 600
-max_packets = 10000
-
-"""
-            + self.relay_lines(pinned)
+    def write_relay_config(self, node: Node, pinned: list[Node], **values: object) -> None:
+        self.write_config(
+            node,
+            listen=("127.0.0.1", node.port),
+            advertise=f"127.0.0.1:{node.port}",
+            metrics_listen=("127.0.0.1", node.metrics_port),
+            relays=self.pins(pinned),
+            **(self.relay_values | values),
         )
 
-    def write_client_config(self, node: Node, home: Node) -> None:
-        node.config.write_text(
-            f"""[node]
-role = "client"
-name = "{node.name}"
-state_dir = "{node.state_dir}"
-
-[client]
-home = "{home.did}"
-
-"""
-            + self.relay_lines(self.relays)
+    def write_client_config(self, node: Node, home: Node, **values: object) -> None:
+        self.write_config(
+            node,
+            role="client",
+            client_home=home.did,
+            relays=self.pins(self.relays),
+            **(self.client_values | values),
         )
 
     def make_node(self, name: str) -> Node:
         state = self.root / name
         state.mkdir(mode=0o700)
         node = Node(name, state, self.root / f"{name}.toml", free_udp_port(), free_tcp_port())
-        # a minimal config to run `keys init` with
-        node.config.write_text(f'[node]\nrole = "relay"\nstate_dir = "{state}"\n')
+        self.write_config(node, metrics_listen=None)  # enough to run `keys init` with
         out = ringmesh("keys", "init", config=node.config)
         assert out.returncode == 0, out.stderr
         show = ringmesh("keys", "show", "--public", "--json", config=node.config)
@@ -139,7 +133,7 @@ home = "{home.did}"
     def start(self, node: Node) -> None:
         log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - lives with the process
         node.proc = subprocess.Popen(
-            [*RINGMESH, "run", "--config", str(node.config)],
+            [*node.command, "run", "--config", str(node.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -148,12 +142,13 @@ home = "{home.did}"
         for relay in self.relays:
             self.start(relay)
         self.wait_peers_up(self.relays, len(self.relays) - 1)
+        self.wait_directory(self.relays)
 
-    def status(self, node: Node) -> dict[str, object] | None:
+    def status(self, node: Node) -> dict[str, Any] | None:
         out = ringmesh("status", "--json", config=node.config, timeout=10)
         if out.returncode != 0:
             return None
-        result: dict[str, object] = json.loads(out.stdout)
+        result: dict[str, Any] = json.loads(out.stdout)
         return result
 
     def wait_peers_up(self, nodes: list[Node], want: int, timeout: float = 30) -> None:
@@ -164,6 +159,19 @@ home = "{home.did}"
                 return
             time.sleep(0.3)
         raise AssertionError(f"peers did not come up: {states}")
+
+    def wait_directory(self, nodes: list[Node], timeout: float = 30) -> str:
+        """Wait until every relay serves the same majority-signed directory; its digest."""
+        deadline = time.monotonic() + timeout
+        served: set[object] = set()
+        while time.monotonic() < deadline:
+            states = [self.status(n) for n in nodes]
+            served = {s["directory"]["served_digest"] if s else None for s in states}
+            views = {s["directory"]["view_digest"] if s else None for s in states}
+            if len(served) == 1 and served == views and None not in served:
+                return str(served.pop())
+            time.sleep(0.3)
+        raise AssertionError(f"no common directory: {served}")
 
     def stop(self, node: Node) -> None:
         if node.proc is not None and node.proc.poll() is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ringmesh.cli import build_parser
-from ringmesh.config import ConfigError, load_config
+from ringmesh.config import Config, ConfigError, RelayEntry, load_config, render_config
 from ringmesh.did import did_from_seed
 from ringmesh.keystore import Keystore, KeystoreError
 from ringmesh.wire import ROLE_RELAY
@@ -39,6 +39,31 @@ address = "10.0.0.1:7733"
 """
 
 
+def test_render_config_round_trips_through_parse_config(tmp_path: Path) -> None:
+    relays = (
+        RelayEntry.from_did(DID_A, ("10.0.0.1", 7733)),
+        RelayEntry.from_did(DID_B, ("fd00::2", 7734)),
+    )
+    for config in (
+        Config(tmp_path / "relay.toml", name='r "1"', relays=relays, metrics_listen=None),
+        Config(
+            tmp_path / "client.toml",
+            role="client",
+            state_dir=tmp_path / "state",
+            listen=("::1", 7000),
+            client_home=DID_B,
+            mean_delay_ms=5,
+            loop_rate=0.5,
+            path_length=4,
+            send_rate=12.5,
+            client_loop_rate=0.0,
+            relays=relays,
+        ),
+    ):
+        config.path.write_text(render_config(config))
+        assert load_config(config.path) == config
+
+
 def test_good_config(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.relays[0].did == DID_A
@@ -52,6 +77,11 @@ def test_good_config(tmp_path: Path) -> None:
         ("[mixing]\nmean_delay_ms = -1\n", "mixing.mean_delay_ms"),
         ("[mixing]\nmean_delay_ms = 'x'\n", "mixing.mean_delay_ms"),
         ("[mixing]\nloop_rate = -0.5\n", "mixing.loop_rate"),
+        ("[mixing]\nmean_delay_ms = 60001\n", "mixing.mean_delay_ms"),
+        ("[client]\npath_length = 2\n", "client.path_length"),
+        ("[client]\npath_length = 6\n", "client.path_length"),
+        ("[client]\nsend_rate = 0\n", "client.send_rate"),
+        ("[client]\nloop_rate = -1\n", "client.loop_rate"),
         ("[node]\nrole = 'mixer'\n", "node.role"),
         ("[node]\nlisten = 'nonsense'\n", "node.listen"),
         ("[node]\nstate_dir = 'relative'\n", "node.state_dir"),

@@ -9,13 +9,10 @@ from fleet import Fleet, ringmesh
 
 
 def test_epoch_expiry_rotates_and_grace_destroys(tmp_path: Path) -> None:
-    fleet = Fleet(tmp_path, extra_relay_toml="")
+    fleet = Fleet(tmp_path)
     fleet.create(1, 0)
     relay = fleet.relays[0]
-    text = relay.config.read_text()
-    text = text.replace("epoch_seconds = 86400", "epoch_seconds = 8")
-    text = text.replace("grace_seconds = 3600", "grace_seconds = 1")
-    relay.config.write_text(text)
+    fleet.write_relay_config(relay, fleet.relays, epoch_seconds=8, grace_seconds=1)
     # epoch 1 was made with the default length; a rotation makes an 8-second epoch 2
     assert ringmesh("keys", "rotate", config=relay.config).returncode == 0
     fleet.start(relay)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
@@ -9,7 +8,6 @@ from hypothesis import strategies as st
 
 from helpers import credentials
 from ringmesh.descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
-from ringmesh.relay import decode_descriptors, encode_descriptors
 from ringmesh.wire import ROLE_RELAY
 
 
@@ -28,25 +26,7 @@ def test_round_trip_and_tamper() -> None:
             Descriptor.decode(bytes(bad))
 
 
-def test_descriptor_batches() -> None:
-    descs = [credentials(ROLE_RELAY)[0] for _ in range(9)]
-    messages = encode_descriptors(descs)
-    assert len(messages) == 2
-    got = []
-    for message in messages:
-        total, raws = decode_descriptors(message[1:])
-        assert total == 9
-        got += [Descriptor.decode(r) for r in raws]
-    assert got == descs
-
-
 @given(st.binary(min_size=DESCRIPTOR_LEN, max_size=DESCRIPTOR_LEN))
 def test_descriptor_parser_never_crashes(data: bytes) -> None:
     with pytest.raises(DescriptorError):
         Descriptor.decode(data)
-
-
-@given(st.binary(max_size=1400))
-def test_descriptors_message_parser_never_crashes(data: bytes) -> None:
-    with contextlib.suppress(ValueError):
-        decode_descriptors(data)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,20 +44,24 @@ def start_recv(node: Node, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def finish_recv(proc: subprocess.Popen[bytes], timeout: float = 120) -> list[bytes]:
+def finish_recv_json(proc: subprocess.Popen[bytes], timeout: float = 120) -> dict[str, Any]:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err.decode()
-    return [base64.b64decode(msg["body_b64"]) for msg in json.loads(out)["messages"]]
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
-def send(f: Fleet, body: bytes, timeout: float = 40) -> dict[str, object]:
+def finish_recv(proc: subprocess.Popen[bytes], timeout: float = 120) -> list[bytes]:
+    return [
+        base64.b64decode(msg["body_b64"]) for msg in finish_recv_json(proc, timeout)["messages"]
+    ]
+
+
+def send(f: Fleet, body: bytes, timeout: float = 40, *args: str) -> dict[str, Any]:
     sender, recipient = f.clients
     out = ringmesh(
         "send",
-        "--to",
-        recipient.did,
-        "--home",
-        f.relays[1].did,
+        *(args or ("--to", recipient.did, "--home", f.relays[1].did)),
         "--json",
         "--timeout",
         str(timeout),
@@ -65,7 +70,7 @@ def send(f: Fleet, body: bytes, timeout: float = 40) -> dict[str, object]:
         timeout=timeout + 30,
     )
     assert out.stdout, out.stderr.decode()
-    result: dict[str, object] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     assert (out.returncode == 0) == bool(result["acked"])
     return result
 
@@ -73,7 +78,7 @@ def send(f: Fleet, body: bytes, timeout: float = 40) -> dict[str, object]:
 def counters(f: Fleet, node: Node) -> dict[str, int]:
     status = f.status(node)
     assert status is not None
-    result: dict[str, int] = status["counters"]  # type: ignore[assignment]
+    result: dict[str, int] = status["counters"]
     return result
 
 
@@ -85,6 +90,8 @@ def test_10kib_message_arrives_intact_and_the_wire_shows_nothing(fleet: Fleet) -
     assert result["acked"] is True
     assert result["bytes"] == len(body)
     assert finish_recv(recv) == [body]
+    # The sender used the one directory that every relay serves, signed by the ring.
+    assert result["directory"] == fleet.wait_directory(fleet.relays)
 
     wire = fleet.captured()
     assert len(wire) > 20
@@ -179,11 +186,11 @@ def test_key_rotation_during_traffic_loses_no_message(fleet: Fleet) -> None:
     finally:
         stop.set()
         rotator.join()
-    assert all(r["acked"] for r in results), results
+    assert all(r["acked"] for r in results), [(r["acked"], r["attempts"]) for r in results]
     assert sorted(finish_recv(recv)) == sorted(bodies)
     assert rotations and all(rc == 0 and reloaded for rc, reloaded in rotations)
     epochs_after = [fleet.status(r)["epoch"] for r in fleet.relays]  # type: ignore[index]
-    assert all(a > b for a, b in zip(epochs_after, epochs_before, strict=True))  # type: ignore[operator]
+    assert all(a > b for a, b in zip(epochs_after, epochs_before, strict=True))
 
 
 def test_sigterm_and_sighup(fleet: Fleet) -> None:
@@ -216,6 +223,32 @@ def test_recv_after_the_fact_gets_held_messages(fleet: Fleet, tmp_path: Path) ->
     assert b"held for later" in got.stdout
 
 
+def test_a_reply_through_its_handle_reaches_the_sender(fleet: Fleet) -> None:
+    alice, bob = fleet.clients
+    recv = start_recv(bob, "--wait", "60", "--count", "1")
+    time.sleep(0.5)
+    asked = send(fleet, b"who is there?")
+    (message,) = finish_recv_json(recv)["messages"]
+    assert message["id"] == asked["message_id"] and message["in_reply_to"] is None
+    handle = message["reply"]
+    # The handle names neither alice nor her home relay.
+    assert alice.did not in handle and fleet.relays[0].did not in handle
+    answered = ringmesh("send", "--reply", handle, "--json", config=bob.config, stdin=b"bob here")
+    assert answered.returncode == 0, answered.stderr.decode()
+    assert json.loads(answered.stdout)["sent"] is True
+    got: list[dict[str, Any]] = []
+    for _ in range(20):  # the reply waits in alice's mailbox until she looks
+        got += json.loads(ringmesh("recv", "--json", config=alice.config).stdout)["messages"]
+        if got:
+            break
+        time.sleep(0.5)
+    assert [(m["in_reply_to"], base64.b64decode(m["body_b64"])) for m in got] == [
+        (asked["message_id"], b"bob here")
+    ]
+    refused = ringmesh("send", "--reply", "bm90IGEgaGFuZGxl", config=bob.config, stdin=b"x")
+    assert refused.returncode == 2 and b"--reply" in refused.stderr
+
+
 def test_killing_a_relay_on_the_path_still_delivers(fleet: Fleet) -> None:
     victim = fleet.relays[2]  # neither client's home relay
     assert victim.proc is not None
@@ -233,7 +266,7 @@ def test_killing_a_relay_on_the_path_still_delivers(fleet: Fleet) -> None:
         time.sleep(0.5)
         recv.send_signal(signal.SIGTERM)
     received = finish_recv(recv)
-    assert all(r["acked"] for r in results), results
+    assert all(r["acked"] for r in results), [(r["acked"], r["attempts"]) for r in results]
     # At least one send lost its first path through the dead relay and was retransmitted.
     assert any(int(str(r["attempts"])) > 1 for r in results), results
     assert sorted(set(received)) == sorted(

@@ -1,15 +1,9 @@
-"""The rotation timer rotates the running node's keys without restarting it."""
-
-import json
-from typing import Any
+"""The rotation timer rotates the running node's keys without restarting it, as the node's
+user taken from the node role (the scenario sets node_user: mesh)."""
 
 import testinfra
 
-RINGMESH = "/opt/ringmesh/venv/bin/ringmesh --config /etc/ringmesh/node.toml"
-
-
-def _json(host: testinfra.host.Host, args: str) -> Any:
-    return json.loads(host.check_output(f"runuser -u ringmesh -- {RINGMESH} {args}"))
+from harness.verify import assert_check_mode_changes_nothing, assert_rejected, node_pid, ringmesh
 
 
 def test_timer_is_enabled_daily_randomized_and_persistent(host: testinfra.host.Host) -> None:
@@ -24,18 +18,27 @@ def test_timer_is_enabled_daily_randomized_and_persistent(host: testinfra.host.H
     assert "yes" in show
 
 
+def test_rotation_runs_as_the_node_user_of_the_node_role(host: testinfra.host.Host) -> None:
+    assert host.check_output("systemctl show -P User ringmesh-rotate-keys.service") == "mesh"
+    assert host.file("/var/lib/ringmesh/keys").user == "mesh"
+    assert host.process.get(pid=node_pid(host)).user == "mesh"
+
+
 def test_rotation_service_bumps_the_epoch_of_the_running_node(host: testinfra.host.Host) -> None:
-    pid_before = int(host.check_output("supervisorctl pid ringmesh"))
-    epoch_before = _json(host, "keys show --public --json")["epoch"]
+    pid_before = node_pid(host)
+    epoch_before = ringmesh(host, "keys", "show", "--public")["epoch"]
 
     host.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
 
-    assert _json(host, "keys show --public --json")["epoch"] == epoch_before + 1
-    assert _json(host, "status --json")["epoch"] == epoch_before + 1
-    assert int(host.check_output("supervisorctl pid ringmesh")) == pid_before
+    assert ringmesh(host, "keys", "show", "--public")["epoch"] == epoch_before + 1
+    assert ringmesh(host, "status")["epoch"] == epoch_before + 1
+    assert node_pid(host) == pid_before
 
 
-def test_rotation_runs_as_the_node_user(host: testinfra.host.Host) -> None:
-    user = host.check_output("systemctl show -P User ringmesh-rotate-keys.service")
-    assert user == "ringmesh"
-    assert host.file("/var/lib/ringmesh/keys").user == "ringmesh"
+def test_check_mode_changes_nothing() -> None:
+    assert_check_mode_changes_nothing()
+
+
+def test_bad_schedule_stops_the_role_before_any_change(host: testinfra.host.Host) -> None:
+    assert_rejected({"keys_rotation_on_calendar": "fortnightly-ish"}, "keys_rotation_on_calendar")
+    assert "fortnightly" not in host.check_output("systemctl show -P TimersCalendar ringmesh-rotate-keys.timer")

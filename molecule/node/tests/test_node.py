@@ -1,23 +1,14 @@
 """Behaviour of a converged relay (after side_effect.yml changed its log level)."""
 
-import json
-
 import testinfra
 
-RINGMESH = "/opt/ringmesh/venv/bin/ringmesh"
+from harness.verify import assert_check_mode_changes_nothing, assert_rejected, node_pid, ringmesh
+
 CONFIG = "/etc/ringmesh/node.toml"
 
 
-def _as_ringmesh(host: testinfra.host.Host, args: str) -> testinfra.backend.base.CommandResult:
-    return host.run(f"runuser -u ringmesh -- {RINGMESH} {args} --config {CONFIG}")
-
-
-def _node_pid(host: testinfra.host.Host) -> int:
-    return int(host.check_output("supervisorctl pid ringmesh"))
-
-
 def test_node_runs_under_supervisor_as_ringmesh(host: testinfra.host.Host) -> None:
-    node = host.process.get(pid=_node_pid(host))
+    node = host.process.get(pid=node_pid(host))
     assert node.user == "ringmesh"
     assert f"run --config {CONFIG}" in node.args
     assert host.process.get(pid=node.ppid).comm == "supervisord"
@@ -30,15 +21,19 @@ def test_ringmesh_user_cannot_log_in(host: testinfra.host.Host) -> None:
 
 
 def test_status_answers_with_the_hosts_own_identity(host: testinfra.host.Host) -> None:
-    status = _as_ringmesh(host, "status --json")
-    assert status.rc == 0, status.stderr
-    identity = json.loads(_as_ringmesh(host, "keys show --public --json").stdout)
-    assert json.loads(status.stdout)["did"] == identity["did"]
+    identity = ringmesh(host, "keys", "show", "--public")
+    assert ringmesh(host, "status")["did"] == identity["did"]
     assert identity["did"].startswith("did:key:z6Mk")
 
 
+def test_cli_refuses_unprivileged_callers(host: testinfra.host.Host) -> None:
+    result = host.run("runuser -u nobody -- ringmesh status --json")
+    assert result.rc == 2
+    assert "run as root" in result.stderr
+
+
 def test_config_pins_this_relay_and_is_not_world_readable(host: testinfra.host.Host) -> None:
-    identity = json.loads(_as_ringmesh(host, "keys show --public --json").stdout)
+    identity = ringmesh(host, "keys", "show", "--public")
     assert identity["did"] in host.file(CONFIG).content_string
     assert host.run(f"runuser -u nobody -- cat {CONFIG}").rc != 0
 
@@ -61,7 +56,7 @@ def test_relay_listens_on_udp_and_metrics_on_loopback(host: testinfra.host.Host)
 def test_config_change_reloaded_without_restart(host: testinfra.host.Host) -> None:
     assert 'log_level = "debug"' in host.file(CONFIG).content_string
     before = int(host.file("/root/ringmesh.pid").content_string.strip())
-    assert _node_pid(host) == before
+    assert node_pid(host) == before
 
 
 def test_node_reinstalls_offline_from_the_wheelhouse(host: testinfra.host.Host) -> None:
@@ -69,3 +64,13 @@ def test_node_reinstalls_offline_from_the_wheelhouse(host: testinfra.host.Host) 
         "/opt/ringmesh/venv/bin/pip install --no-index --find-links /opt/ringmesh/wheelhouse --dry-run ringmesh"
     )
     assert result.rc == 0, result.stderr
+
+
+def test_check_mode_changes_nothing() -> None:
+    assert_check_mode_changes_nothing(playbook="side_effect.yml")
+
+
+def test_bad_port_stops_the_role_before_any_change(host: testinfra.host.Host) -> None:
+    before = host.file(CONFIG).sha256sum
+    assert_rejected({"node_port": 70000}, "node_port: must be 1-65535")
+    assert host.file(CONFIG).sha256sum == before

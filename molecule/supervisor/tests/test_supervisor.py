@@ -2,6 +2,8 @@
 
 import testinfra
 
+from harness.verify import assert_check_mode_changes_nothing, assert_rejected
+
 
 def _pid(host: testinfra.host.Host, name: str) -> int:
     return int(host.check_output(f"supervisorctl pid {name}"))
@@ -32,3 +34,17 @@ def test_invalid_program_config_is_rejected_by_the_validator(host: testinfra.hos
     result = host.run("/usr/local/sbin/supervisor-check-program /tmp/bad.conf")
     assert result.rc == 1
     assert "autorestart" in result.stderr
+
+
+def test_check_mode_changes_nothing() -> None:
+    assert_check_mode_changes_nothing(playbook="side_effect.yml")
+
+
+def test_bad_autorestart_stops_the_role_before_any_change(host: testinfra.host.Host) -> None:
+    steady = _pid(host, "steady")
+    run = assert_rejected(
+        {"supervisor_programs": [{"name": "steady", "command": "/bin/true", "autorestart": "sometimes"}]},
+        "autorestart",
+    )
+    assert "supervisor_programs" in run.failed()[0].message, run.explain()
+    assert _pid(host, "steady") == steady

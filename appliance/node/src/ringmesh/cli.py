@@ -15,6 +15,7 @@ from typing import Any
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .did import DidError, public_from_did
 from .keystore import Keystore, KeystoreError, public_summary
+from .reasons import Drop, dropped
 from .wire import ROLE_CLIENT, ROLE_RELAY
 
 EXIT_USAGE = 2
@@ -102,6 +103,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def _recipient(args: argparse.Namespace, config: Config) -> tuple[bytes, bytes]:
+    if args.to is None or args.home is None:
+        missing = "--to" if args.to is None else "--home"
+        raise ConfigError(missing, "is required (or answer a message with --reply HANDLE)")
     try:
         to = public_from_did(args.to)
     except DidError as exc:
@@ -115,46 +119,67 @@ def _recipient(args: argparse.Namespace, config: Config) -> tuple[bytes, bytes]:
     return to, home
 
 
+def _reply_handle(text: str) -> bytes:
+    from .messaging import SURB_LEN
+
+    try:
+        handle = base64.b64decode(text, validate=True)
+    except ValueError:
+        handle = b""
+    if len(handle) != SURB_LEN:
+        raise ConfigError("--reply", "is not a reply handle printed by 'ringmesh recv --json'")
+    return handle
+
+
 def _client_config(config: Config) -> None:
     if config.client_home is None:
         raise ConfigError("client.home", "is required for send and recv")
 
 
 def cmd_send(args: argparse.Namespace, config: Config) -> int:
-    from .client import ClientNode, send_message
+    from . import client_io
 
     _client_config(config)
-    to, home = _recipient(args, config)
+    if args.reply is not None:
+        if args.to is not None or args.home is not None:
+            raise ConfigError("--reply", "answers through a handle: leave out --to and --home")
+        handle = _reply_handle(args.reply)
+    else:
+        to, home = _recipient(args, config)
     body = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
     keys = _keystore(config).load()
 
     async def go() -> int:
-        node = ClientNode(config, keys)
-        await node.start()
+        shell, ready = await client_io.open_client(config, keys)
+        out: dict[str, Any] = {"bytes": len(body), "directory": ready.directory_digest.hex()}
         try:
-            result = await send_message(node, body, to, home, args.timeout, args.retransmit)
-        finally:
-            await node.close()
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "message_id": result.message_id.hex(),
-                        "acked": result.acked,
-                        "bytes": len(body),
-                        "attempts": result.attempts,
-                    }
+            if args.reply is not None:
+                sent = await client_io.send_reply(shell, handle, body, args.timeout)
+                out |= {"reply": True, "sent": sent}
+                ok = sent
+            else:
+                result = await client_io.send_message(
+                    shell, body, to, home, args.timeout, args.retransmit
                 )
-            )
-        elif not result.acked:
-            print("not acknowledged", file=sys.stderr)
-        return 0 if result.acked else 1
+                out |= {
+                    "message_id": result.message_id.hex(),
+                    "acked": result.acked,
+                    "attempts": result.attempts,
+                }
+                ok = result.acked
+        finally:
+            await shell.close()
+        if args.json:
+            print(json.dumps(out))
+        elif not ok:
+            print("not sent" if args.reply is not None else "not acknowledged", file=sys.stderr)
+        return 0 if ok else 1
 
     return asyncio.run(go())
 
 
 def cmd_recv(args: argparse.Namespace, config: Config) -> int:
-    from .client import ClientNode, receive_messages
+    from . import client_io
 
     _client_config(config)
     keys = _keystore(config).load()
@@ -164,18 +189,23 @@ def cmd_recv(args: argparse.Namespace, config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # stop waiting, print what arrived
             loop.add_signal_handler(sig, stop.set)
-        node = ClientNode(config, keys)
-        await node.start()
+        shell, _ = await client_io.open_client(config, keys, receive=True)
         try:
-            messages = await receive_messages(node, args.wait, args.count, stop=stop)
+            messages = await client_io.receive_messages(shell, args.wait, args.count, stop=stop)
         finally:
-            await node.close()
+            await shell.close()
         if args.json:
             out = [
-                {"id": c.message_id.hex(), "body_b64": base64.b64encode(c.body).decode()}
+                {
+                    "id": c.message_id.hex() if c.message_id else None,
+                    "body_b64": base64.b64encode(c.body).decode(),
+                    "reply": base64.b64encode(c.reply_handle).decode() if c.reply_handle else None,
+                    "in_reply_to": c.in_reply_to.hex() if c.in_reply_to else None,
+                }
                 for c in messages
             ]
-            print(json.dumps({"messages": out}))
+            rejected = shell.client.counters[dropped(Drop.BAD_FRAGMENT)]
+            print(json.dumps({"messages": out, "rejected": rejected}))
         else:
             for c in messages:
                 sys.stdout.buffer.write(c.body)
@@ -207,13 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the relay daemon in the foreground")
     sub.add_parser("status", parents=[common], help="ask the running relay for its status")
     send = sub.add_parser("send", parents=[common], help="send a message (stdin or --file)")
-    send.add_argument("--to", required=True, help="recipient did:key")
+    send.add_argument("--to", help="recipient did:key")
     send.add_argument(
         "--home",
         "--via",
         dest="home",
-        required=True,
         help="recipient's home relay did:key, which holds the message for them",
+    )
+    send.add_argument(
+        "--reply",
+        metavar="HANDLE",
+        help="answer a received message through its reply handle (from recv --json)",
     )
     send.add_argument("--file", help="read the message from FILE instead of stdin")
     send.add_argument("--timeout", type=float, default=30.0, help="give up after SECONDS")

@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from .did import DidError, public_from_did
+from .wire import MAX_HOPS, MIN_PATH
 
 DEFAULT_CONFIG = "/etc/ringmesh/node.toml"
 DEFAULT_PORT = 7733
+MAX_MEAN_DELAY_MS = 60_000
 
 
 class ConfigError(Exception):
@@ -28,6 +32,10 @@ class RelayEntry:
     identity: bytes
     address: tuple[str, int]
 
+    @classmethod
+    def from_did(cls, did: str, address: tuple[str, int]) -> RelayEntry:
+        return cls(did, public_from_did(did), address)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -41,13 +49,17 @@ class Config:
     epoch_seconds: int = 86400
     grace_seconds: int = 3600
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9733)
-    mean_delay_ms: int = 20
-    loop_rate: float = 0.0
+    # Loopix defaults as Nym's clients use them (nym-client-core config): per-hop delay mean
+    # 50 ms, message stream 20 ms between packets (50/s), loop cover 200 ms (5/s).
+    mean_delay_ms: int = 50
+    loop_rate: float = 1.0
     drop_rate: float = 0.0
     mailbox_ttl_seconds: int = 3600
     mailbox_max_packets: int = 10000
     client_home: str | None = None
     path_length: int = 3
+    send_rate: float = 50.0
+    client_loop_rate: float = 5.0
     relays: tuple[RelayEntry, ...] = field(default_factory=tuple)
 
     @property
@@ -61,8 +73,9 @@ _SECTIONS: dict[str, set[str]] = {
     "metrics": {"listen"},
     "mixing": {"mean_delay_ms", "loop_rate", "drop_rate"},
     "mailbox": {"ttl_seconds", "max_packets"},
-    "client": {"home", "path_length"},
+    "client": {"home", "path_length", "send_rate", "loop_rate"},
 }
+_DEFAULTS = Config(Path(DEFAULT_CONFIG))
 
 
 def parse_hostport(value: object, name: str, allow_empty: bool = False) -> tuple[str, int] | None:
@@ -85,10 +98,14 @@ def _int(table: dict[str, Any], key: str, name: str, default: int, minimum: int)
     return value
 
 
-def _float(table: dict[str, Any], key: str, name: str, default: float) -> float:
+def _float(
+    table: dict[str, Any], key: str, name: str, default: float, positive: bool = False
+) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(name, "must be a non-negative number")
+    if positive and value == 0:
+        raise ConfigError(name, "must be greater than 0")
     return float(value)
 
 
@@ -153,9 +170,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if advertise:
         parse_hostport(advertise, "node.advertise")
 
+    d = _DEFAULTS
     keys = raw.get("keys", {})
-    epoch_seconds = _int(keys, "epoch_seconds", "keys.epoch_seconds", 86400, 1)
-    grace_seconds = _int(keys, "grace_seconds", "keys.grace_seconds", 3600, 0)
+    epoch_seconds = _int(keys, "epoch_seconds", "keys.epoch_seconds", d.epoch_seconds, 1)
+    grace_seconds = _int(keys, "grace_seconds", "keys.grace_seconds", d.grace_seconds, 0)
 
     metrics = raw.get("metrics", {})
     metrics_listen = parse_hostport(
@@ -163,21 +181,25 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     )
 
     mixing = raw.get("mixing", {})
-    mean_delay_ms = _int(mixing, "mean_delay_ms", "mixing.mean_delay_ms", 20, 0)
-    loop_rate = _float(mixing, "loop_rate", "mixing.loop_rate", 0.0)
-    drop_rate = _float(mixing, "drop_rate", "mixing.drop_rate", 0.0)
+    mean_delay_ms = _int(mixing, "mean_delay_ms", "mixing.mean_delay_ms", d.mean_delay_ms, 0)
+    if mean_delay_ms > MAX_MEAN_DELAY_MS:
+        raise ConfigError("mixing.mean_delay_ms", f"must be at most {MAX_MEAN_DELAY_MS}")
+    loop_rate = _float(mixing, "loop_rate", "mixing.loop_rate", d.loop_rate)
+    drop_rate = _float(mixing, "drop_rate", "mixing.drop_rate", d.drop_rate)
 
     mailbox = raw.get("mailbox", {})
-    ttl = _int(mailbox, "ttl_seconds", "mailbox.ttl_seconds", 3600, 1)
-    max_packets = _int(mailbox, "max_packets", "mailbox.max_packets", 10000, 1)
+    ttl = _int(mailbox, "ttl_seconds", "mailbox.ttl_seconds", d.mailbox_ttl_seconds, 1)
+    max_packets = _int(mailbox, "max_packets", "mailbox.max_packets", d.mailbox_max_packets, 1)
 
     client = raw.get("client", {})
     home: str | None = None
     if "home" in client:
         home, _ = _did(client["home"], "client.home")
-    path_length = _int(client, "path_length", "client.path_length", 3, 1)
-    if path_length > 4:
-        raise ConfigError("client.path_length", "must be between 1 and 4")
+    path_length = _int(client, "path_length", "client.path_length", d.path_length, 0)
+    if not MIN_PATH <= path_length <= MAX_HOPS:
+        raise ConfigError("client.path_length", f"must be between {MIN_PATH} and {MAX_HOPS}")
+    send_rate = _float(client, "send_rate", "client.send_rate", d.send_rate, positive=True)
+    client_loop_rate = _float(client, "loop_rate", "client.loop_rate", d.client_loop_rate)
     if role == "client" and home is None:
         raise ConfigError("client.home", "is required when node.role is 'client'")
 
@@ -225,5 +247,53 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         mailbox_max_packets=max_packets,
         client_home=home,
         path_length=path_length,
+        send_rate=send_rate,
+        client_loop_rate=client_loop_rate,
         relays=tuple(relays),
     )
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def render_config(config: Config) -> str:
+    """node.toml text for config; parse_config reads it back as the same Config.
+
+    The single writer of the schema in Python (tests, benchmark); the Ansible role renders
+    the same schema from its Jinja template.
+    """
+    client: dict[str, Any] = {
+        "path_length": config.path_length,
+        "send_rate": config.send_rate,
+        "loop_rate": config.client_loop_rate,
+    }
+    if config.client_home is not None:
+        client["home"] = config.client_home
+    document: dict[str, Any] = {
+        "node": {
+            "role": config.role,
+            "name": config.name,
+            "state_dir": str(config.state_dir),
+            "listen": _hostport(config.listen),
+            "advertise": config.advertise,
+            "log_level": config.log_level,
+        },
+        "keys": {"epoch_seconds": config.epoch_seconds, "grace_seconds": config.grace_seconds},
+        "metrics": {
+            "listen": "" if config.metrics_listen is None else _hostport(config.metrics_listen)
+        },
+        "mixing": {
+            "mean_delay_ms": config.mean_delay_ms,
+            "loop_rate": config.loop_rate,
+            "drop_rate": config.drop_rate,
+        },
+        "mailbox": {
+            "ttl_seconds": config.mailbox_ttl_seconds,
+            "max_packets": config.mailbox_max_packets,
+        },
+        "client": client,
+        "relays": [{"did": r.did, "address": _hostport(r.address)} for r in config.relays],
+    }
+    return tomli_w.dumps(document)

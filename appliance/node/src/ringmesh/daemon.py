@@ -17,6 +17,7 @@ from typing import Any
 from .config import Config, ConfigError, load_config
 from .keystore import Keystore, KeystoreError
 from .metrics import serve_metrics
+from .reasons import Drop, dropped
 from .relay import Relay
 from .wire import ROLE_RELAY
 
@@ -55,25 +56,24 @@ class Daemon:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ICMP errors from unreachable peers surface here
-                self.relay.counters["dropped:socket_error"] += 1
+                self.relay.counters[dropped(Drop.SOCKET_ERROR)] += 1
                 continue
             try:
                 receive(data, addr[:2], now)
             except Exception as exc:  # a bug must not stop the relay; log no packet data
-                self.relay.counters["dropped:internal_error"] += 1
+                self.relay.counters[dropped(Drop.INTERNAL_ERROR)] += 1
                 log.error("internal error handling a datagram: %s", type(exc).__name__)
         self.flush()
 
     def flush(self) -> None:
-        outbox = self.relay.outbox
+        outbox = self.relay.datagrams_to_send()
         if outbox:
             sendto = self.sock.sendto  # type: ignore[union-attr]
             for datagram, addr in outbox:
                 try:
                     sendto(datagram, addr)
                 except OSError:  # full send buffer or unreachable: UDP may drop
-                    self.relay.counters["dropped:send_failed"] += 1
-            outbox.clear()
+                    self.relay.counters[dropped(Drop.SEND_FAILED)] += 1
         due = self.relay.next_timer()
         if due < self._timer_at:
             self._schedule(due)
@@ -92,7 +92,7 @@ class Daemon:
         try:
             self.relay.handle_timer(time.time())
         except Exception as exc:  # keep the timer chain alive; log no packet data
-            self.relay.counters["dropped:internal_error"] += 1
+            self.relay.counters[dropped(Drop.INTERNAL_ERROR)] += 1
             log.error("internal error in the relay timer: %s", type(exc).__name__)
         self.flush()
 
@@ -116,7 +116,9 @@ class Daemon:
         self.relay.update_keys(self.keys, now)
         self.flush()
         log.info(
-            "reloaded: epoch %d, %d pinned peers", self.keys.current.epoch, len(self.relay.peers)
+            "reloaded: epoch %d, %d pinned peers",
+            self.keys.current.epoch,
+            len(self.relay.peers.peers),
         )
         return {"ok": True, "epoch": self.keys.current.epoch}
 
@@ -196,7 +198,7 @@ class Daemon:
             self.keys.did,
             *self.config.listen,
             self.keys.current.epoch,
-            len(self.relay.peers),
+            len(self.relay.peers.peers),
         )
         try:
             await self._stop.wait()

@@ -1,10 +1,12 @@
-"""End-to-end layer, pure: envelopes, fragmentation/reassembly, acks, path choice.
+"""End-to-end layer, pure: envelopes, fragments, reply blocks, path choice.
 
 A message is split into fragments; each fragment is sealed to the recipient with a fresh
 ephemeral X25519 key (the recipient's X25519 key is derived from its did:key) and fills one
-onion payload exactly. Fragment 0 also carries a reply header (a Sphinx header that routes
-back to a one-off mailbox at the sender's home relay) and a one-time ack key: the recipient
-acknowledges by putting an ack sealed with that key under that header.
+onion payload exactly. Fragment 0 also carries two single-use reply blocks (SURBs) built by
+the sender over paths chosen independently of the forward path: one for the ack (to a
+mailbox of the sending process) and one the recipient may answer through (to the sender's
+own mailbox). A reply block is a Sphinx header plus the key that seals what goes under it;
+the recipient learns neither the sender's identity nor its home relay from it.
 """
 
 from __future__ import annotations
@@ -21,22 +23,33 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .wire import HEADER_LEN, MAX_HOPS, PAYLOAD_LEN
+from .wire import HEADER_LEN, MAX_HOPS, MIN_PATH, PAYLOAD_LEN
 
 ENVELOPE_PLAIN_LEN = PAYLOAD_LEN - 32 - 16
 KIND_FRAGMENT = 1
 MSG_ID_LEN = 16
 _FRAG = struct.Struct("!B16sHHIH")
-ACK_KEY_LEN = 32
-REPLY_LEN = HEADER_LEN + ACK_KEY_LEN
-FIRST_CHUNK = ENVELOPE_PLAIN_LEN - _FRAG.size - REPLY_LEN
+SURB_KEY_LEN = 32
+SURB_LEN = HEADER_LEN + SURB_KEY_LEN
+FIRST_CHUNK = ENVELOPE_PLAIN_LEN - _FRAG.size - 2 * SURB_LEN
 OTHER_CHUNK = ENVELOPE_PLAIN_LEN - _FRAG.size
 MAX_MESSAGE = 4 * 1024 * 1024
 _ZERO_NONCE = bytes(12)
 
+# What travels under a reply block: kind (1) | length (2) | body, sealed with the block's key.
+SURB_ACK = 1
+SURB_REPLY = 2
+_SURB_HEAD = struct.Struct("!BH")
+SURB_PLAIN_LEN = PAYLOAD_LEN - 16
+MAX_REPLY = SURB_PLAIN_LEN - _SURB_HEAD.size
+
 
 class EnvelopeError(ValueError):
-    """Not a valid envelope or fragment for this recipient."""
+    """Not a valid envelope, fragment or reply for this recipient."""
+
+
+class PathError(ValueError):
+    """The directory has too few relays for the path asked for."""
 
 
 # --- envelope ---------------------------------------------------------------------------------
@@ -69,6 +82,50 @@ def open_envelope(recipient: X25519PrivateKey, payload: bytes) -> bytes:
         raise EnvelopeError("payload does not open for this recipient") from None
 
 
+# --- reply blocks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplyBlock:
+    """A single-use reply block as the replier holds it: where to send, and the sealing key."""
+
+    header: bytes
+    key: bytes
+
+    def encode(self) -> bytes:
+        return self.header + self.key
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplyBlock:
+        if len(raw) != SURB_LEN:
+            raise EnvelopeError(f"a reply block is {SURB_LEN} bytes")
+        return cls(raw[:HEADER_LEN], raw[HEADER_LEN:])
+
+    def packet(self, kind: int, body: bytes) -> bytes:
+        """The onion packet that answers through this block."""
+        return self.header + seal_surb_payload(self.key, kind, body)
+
+
+def seal_surb_payload(key: bytes, kind: int, body: bytes) -> bytes:
+    if len(body) > MAX_REPLY:
+        raise EnvelopeError(f"a reply holds at most {MAX_REPLY} bytes")
+    plain = _SURB_HEAD.pack(kind, len(body)) + body
+    plain += bytes(SURB_PLAIN_LEN - len(plain))
+    return ChaCha20Poly1305(key).encrypt(_ZERO_NONCE, plain, b"ringmesh-surb-v1")
+
+
+def open_surb_payload(key: bytes, payload: bytes) -> tuple[int, bytes]:
+    """(kind, body); raises EnvelopeError when the payload was changed on the way."""
+    try:
+        plain = ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, payload, b"ringmesh-surb-v1")
+    except (InvalidTag, ValueError):
+        raise EnvelopeError("reply does not open with this reply block's key") from None
+    kind, length = _SURB_HEAD.unpack_from(plain)
+    if kind not in (SURB_ACK, SURB_REPLY) or length > MAX_REPLY:
+        raise EnvelopeError("bad reply header")
+    return kind, plain[_SURB_HEAD.size : _SURB_HEAD.size + length]
+
+
 # --- fragments --------------------------------------------------------------------------------
 
 
@@ -79,7 +136,8 @@ class Fragment:
     count: int
     total_len: int
     chunk: bytes
-    reply: bytes | None  # reply header + ack key (fragment 0 only)
+    ack_block: bytes | None  # encoded ReplyBlock for the ack (fragment 0 only)
+    reply_block: bytes | None  # encoded ReplyBlock the recipient may answer through
 
 
 def fragment_count(length: int) -> int:
@@ -88,11 +146,13 @@ def fragment_count(length: int) -> int:
     return 1 + -(-(length - FIRST_CHUNK) // OTHER_CHUNK)
 
 
-def split_message(message_id: bytes, body: bytes, reply: bytes) -> list[bytes]:
+def split_message(
+    message_id: bytes, body: bytes, ack_block: bytes, reply_block: bytes
+) -> list[bytes]:
     """Envelope plaintexts (ENVELOPE_PLAIN_LEN each) for every fragment of body."""
     if len(body) > MAX_MESSAGE:
         raise EnvelopeError(f"message is larger than {MAX_MESSAGE} bytes")
-    if len(reply) != REPLY_LEN:
+    if len(ack_block) != SURB_LEN or len(reply_block) != SURB_LEN:
         raise EnvelopeError("reply block has the wrong length")
     count = fragment_count(len(body))
     out = []
@@ -102,7 +162,7 @@ def split_message(message_id: bytes, body: bytes, reply: bytes) -> list[bytes]:
         chunk = body[offset : offset + size]
         offset += len(chunk)
         head = _FRAG.pack(KIND_FRAGMENT, message_id, index, count, len(body), len(chunk))
-        plain = head + (reply if index == 0 else b"") + chunk
+        plain = head + (ack_block + reply_block if index == 0 else b"") + chunk
         out.append(plain + bytes(ENVELOPE_PLAIN_LEN - len(plain)))
     return out
 
@@ -116,15 +176,15 @@ def parse_fragment(plain: bytes) -> Fragment:
     if count != fragment_count(total):
         raise EnvelopeError("fragment count does not match the length")
     o = _FRAG.size
-    reply = None
+    ack = reply = None
     capacity = OTHER_CHUNK
     if index == 0:
-        reply = plain[o : o + REPLY_LEN]
-        o += REPLY_LEN
+        ack, reply = plain[o : o + SURB_LEN], plain[o + SURB_LEN : o + 2 * SURB_LEN]
+        o += 2 * SURB_LEN
         capacity = FIRST_CHUNK
     if chunk_len > capacity:
         raise EnvelopeError("bad chunk length")
-    return Fragment(message_id, index, count, total, plain[o : o + chunk_len], reply)
+    return Fragment(message_id, index, count, total, plain[o : o + chunk_len], ack, reply)
 
 
 @dataclass
@@ -175,29 +235,12 @@ class Reassembler:
     def expire(self, now: float) -> None:
         for mid in [m for m, p in self._partial.items() if now - p.started > self.ttl]:
             del self._partial[mid]
+        for mid in [m for m, t in self.done.items() if now - t > self.ttl]:
+            del self.done[mid]
 
     @property
     def pending(self) -> int:
         return len(self._partial)
-
-
-# --- acks -------------------------------------------------------------------------------------
-
-
-def seal_ack(ack_key: bytes, message_id: bytes) -> bytes:
-    plain = b"ACK" + message_id
-    plain += bytes(PAYLOAD_LEN - 16 - len(plain))
-    return ChaCha20Poly1305(ack_key).encrypt(_ZERO_NONCE, plain, b"ringmesh-ack")
-
-
-def open_ack(ack_key: bytes, payload: bytes) -> bytes | None:
-    try:
-        plain = ChaCha20Poly1305(ack_key).decrypt(_ZERO_NONCE, payload, b"ringmesh-ack")
-    except (InvalidTag, ValueError):
-        return None
-    if plain[:3] != b"ACK":
-        return None
-    return plain[3 : 3 + MSG_ID_LEN]
 
 
 def new_message_id() -> bytes:
@@ -207,36 +250,54 @@ def new_message_id() -> bytes:
 # --- paths ------------------------------------------------------------------------------------
 
 
-def choose_path(
+def choose_mixes(
     candidates: Iterable[bytes],
-    destination: bytes,
+    count: int,
+    failures: dict[bytes, int],
+    rng: random.Random,
+    avoid: frozenset[bytes] = frozenset(),
+    suspect: int = 1 << 30,
+) -> list[bytes]:
+    """count distinct relays, in random order. Preferred: relays with fewer than `suspect`
+    recorded failures (among suspects, those with fewer), then relays outside `avoid`, then
+    relays with fewer failures. Fewer than count when there are not enough."""
+
+    def preference(relay: bytes) -> tuple[int, bool, int]:
+        marks = failures.get(relay, 0)
+        return (marks if marks >= suspect else 0, relay in avoid, marks)
+
+    pool = list(dict.fromkeys(candidates))
+    rng.shuffle(pool)
+    pool.sort(key=preference)
+    chosen = pool[:count]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def mix_count(length: int) -> int:
+    if not MIN_PATH <= length <= MAX_HOPS:
+        raise PathError(f"a path has {MIN_PATH}..{MAX_HOPS} relays")
+    return length - 2
+
+
+def route(
+    relays: Iterable[bytes],
+    entry: bytes,
+    exit_: bytes,
     length: int,
     failures: dict[bytes, int],
     rng: random.Random,
+    avoid: frozenset[bytes] = frozenset(),
+    suspect: int = 1 << 30,
 ) -> list[bytes]:
-    """length relays ending at destination, no relay twice, avoiding relays that failed.
+    """entry, then mixes that are neither end (see choose_mixes), then exit.
 
-    Among all choices of intermediates, picks at random one with the fewest recorded failures.
+    Messages enter at the sender's home relay and leave at the recipient's; a reply block
+    runs the other way and avoids the forward path's mixes, so the two share no relay but
+    the two home relays whenever the directory has enough relays that are not `suspect`.
     """
-    pool = [c for c in dict.fromkeys(candidates) if c != destination]
-    rng.shuffle(pool)
-    pool.sort(key=lambda c: failures.get(c, 0))
-    k = min(length - 1, len(pool))
-    if k <= 0:
-        return [destination]
-    cutoff = failures.get(pool[k - 1], 0)
-    best = [c for c in pool if failures.get(c, 0) < cutoff]
-    tied = [c for c in pool if failures.get(c, 0) == cutoff]
-    chosen = best + rng.sample(tied, k - len(best))
-    rng.shuffle(chosen)
-    return [*chosen, destination]
-
-
-def reply_path(forward: list[bytes], recipient_home: bytes, sender_home: bytes) -> list[bytes]:
-    """Reply route: recipient's home (where the ack enters), the forward intermediates
-    reversed (they just carried the message, so they are alive), then the sender's home."""
-    if recipient_home == sender_home:
-        return [sender_home]
-    middle = [h for h in reversed(forward[:-1]) if h not in (recipient_home, sender_home)]
-    middle = list(dict.fromkeys(middle))[: MAX_HOPS - 2]
-    return [recipient_home, *middle, sender_home]
+    candidates = [r for r in relays if r not in (entry, exit_)]
+    mixes = choose_mixes(candidates, mix_count(length), failures, rng, avoid, suspect)
+    if not mixes:
+        raise PathError("the directory has no relay besides the two home relays")
+    return [entry, *mixes, exit_]

@@ -58,12 +58,12 @@ class RelayCollector(Collector):
                 "Packets waiting in the mixing delay queue",
                 relay.queue_depth(),
             ),
-            ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailbox_depth()),
+            ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailboxes.depth()),
             ("ringmesh_mailboxes", "Mailboxes in memory", len(relay.mailboxes)),
             (
                 "ringmesh_peers_up",
                 "Pinned relay peers with a live session",
-                sum(p.up(now) for p in relay.peers.values()),
+                len(relay.peers.live(now)),
             ),
             ("ringmesh_key_epoch", "Current key epoch", relay.keys.current.epoch),
             (

@@ -1,0 +1,246 @@
+"""The lab fleet end to end, from bare Debian hosts: what `make lab` does, and what an operator
+can rely on from site.yml on a fresh fleet.
+
+One fleet serves every test here: the lab's (inventories/lab: relays on Debian 13, 13 and 12,
+mesh users' hosts on 13 and 12) as the lab instance "test", so a `make lab` fleet stays
+untouched. In file order:
+  fresh hosts   a bad variable of the last role stops site.yml before any host changes;
+                site.yml --check --diff completes and shows what it would change;
+  lab/lab up    site.yml converges, the smoke messages between the mesh users arrive
+                acknowledged (playbooks/smoke.yml), every relay sees its two peers;
+  converged     nodes, rotation timer, firewall and the mesh client behave; a second
+                `lab/lab up` changes nothing; a check run changes nothing; rotate-keys.yml;
+  lab/lab down  leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import testinfra
+
+from harness.ansible import REPO, PlaybookRun
+from harness.lab import PLAYBOOKS, Lab
+from harness.verify import node_pid, ringmesh
+
+LAB = Lab(instance="test")
+RELAYS = LAB.groups()["relays"]
+USERS = LAB.groups()["mesh_users"]
+SITE = PLAYBOOKS / "site.yml"
+
+
+@dataclass
+class LabRun:
+    command: str
+    returncode: int
+    output: str
+    seconds: float
+    summary: dict[str, Any]
+
+    def explain(self) -> str:
+        return (
+            f"`{self.command}` exit {self.returncode} after {self.seconds:.0f}s; output (tail):\n{self.output[-15000:]}"
+        )
+
+
+def lab_cli(*args: str, timeout: float) -> LabRun:
+    began = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / "lab" / "lab"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, RINGMESH_LAB_INSTANCE=LAB.instance),
+    )
+    summary_file = LAB.state / "last-up.json"
+    summary = json.loads(summary_file.read_text()) if args[0] == "up" and summary_file.exists() else {}
+    return LabRun(f"lab/lab {' '.join(args)}", result.returncode, result.stdout, time.monotonic() - began, summary)
+
+
+def host(name: str) -> testinfra.host.Host:
+    return testinfra.get_host(f"podman://{LAB.container(name)}")
+
+
+def state_digest(name: str) -> str:
+    """What a run must not touch: /etc, the installed packages, the users."""
+    listing = host(name).check_output(
+        "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum; dpkg-query -W; getent passwd"
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fresh() -> Iterator[None]:
+    LAB.destroy()  # a fleet left up by hand would not be fresh
+    made = lab_cli("up", "--no-provision", timeout=1200)
+    assert made.returncode == 0, made.explain()
+    yield
+    LAB.destroy()  # also when a test failed; test_down_removes_everything checks it on the happy path
+
+
+@pytest.fixture(scope="module")
+def first_up(fresh: None) -> LabRun:
+    run = lab_cli("up", timeout=40 * 60)
+    print(f"first lab up: {run.seconds:.0f}s")
+    return run
+
+
+@pytest.fixture(scope="module")
+def converged(first_up: LabRun) -> None:
+    assert first_up.returncode == 0, first_up.explain()
+
+
+def test_bad_variable_of_the_last_role_stops_the_run_before_any_change(fresh: None) -> None:
+    before = {name: state_digest(name) for name in RELAYS + USERS}
+    run = LAB.playbook(SITE, extra_vars={"node_port": 70000}, timeout=600)
+    assert not run.ok, run.explain()
+    assert {r.host for r in run.failed()} == set(RELAYS), run.explain()
+    assert all("node_port" in r.message for r in run.failed()), run.explain()
+    assert run.total("changed") == 0, run.explain()
+    assert {name: state_digest(name) for name in RELAYS + USERS} == before
+
+
+def test_check_mode_on_fresh_hosts_shows_the_changes_and_makes_none(fresh: None) -> None:
+    before = {name: state_digest(name) for name in RELAYS + USERS}
+    run = LAB.playbook(SITE, check=True, diff=True, log_name="site-check-fresh", timeout=1200)
+    assert run.ok and run.total("failures") == 0, run.explain()
+    for name in RELAYS + USERS:
+        assert run.stats[name]["changed"] > 10, f"{name}: a fresh host needs changes\n{run.explain()}"
+    diffs = [r for r in run.changed() if r.result.get("diff")]
+    assert {r.host for r in diffs} == set(RELAYS + USERS), run.explain()
+    assert {name: state_digest(name) for name in RELAYS + USERS} == before
+
+
+def test_first_up_converges_and_delivers_the_smoke_messages(first_up: LabRun) -> None:
+    assert first_up.returncode == 0, first_up.explain()
+    stats = first_up.summary["site"]["stats"]
+    assert set(stats) == set(RELAYS + USERS), first_up.explain()
+    assert all(s["failures"] == 0 and s["unreachable"] == 0 for s in stats.values()), first_up.explain()
+    smoke = first_up.summary["smoke"]
+    assert set(smoke) == set(USERS), first_up.explain()
+    assert all(row["acked"] and row["received"] for row in smoke.values()), smoke
+
+
+def test_fleet_table_shows_every_relay_with_its_peers_up(first_up: LabRun) -> None:
+    relays = first_up.summary["relays"]
+    assert set(relays) == set(RELAYS), first_up.explain()
+    assert len({status["did"] for status in relays.values()}) == len(RELAYS)
+    for name, status in relays.items():
+        assert status["peers_up"] == len(RELAYS) - 1, f"{name}: {status['peers']}"
+    assert "FLEET" in first_up.output and all(name in first_up.output for name in RELAYS)
+
+
+@pytest.mark.parametrize("name", RELAYS)
+def test_node_runs_under_supervisor_as_ringmesh(converged: None, name: str) -> None:
+    relay = host(name)
+    node = relay.process.get(pid=node_pid(relay))
+    assert node.user == "ringmesh"
+    assert relay.process.get(pid=node.ppid).comm == "supervisord"
+
+
+def peers_up(name: str) -> set[str]:
+    return {peer["did"] for peer in ringmesh(host(name), "status")["peers"] if peer["up"]}
+
+
+def wait_for_peers(name: str, deadline_s: float = 60) -> None:
+    others = {ringmesh(host(other), "keys", "show", "--public")["did"] for other in RELAYS if other != name}
+    deadline = time.monotonic() + deadline_s
+    while not others <= peers_up(name) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert others <= peers_up(name), f"peers up on {name}: {ringmesh(host(name), 'status')['peers']}"
+
+
+def test_rotation_timer_service_rotates_without_restart(converged: None) -> None:
+    relay = host(RELAYS[-1])  # Debian 12
+    pid = node_pid(relay)
+    epoch = ringmesh(relay, "keys", "show", "--public")["epoch"]
+    relay.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
+    assert ringmesh(relay, "keys", "show", "--public")["epoch"] == epoch + 1
+    assert ringmesh(relay, "status")["epoch"] == epoch + 1
+    assert node_pid(relay) == pid
+    for name in RELAYS:
+        wait_for_peers(name)
+
+
+def connects(source: testinfra.host.Host, address: str, port: int) -> bool:
+    probe = source.run(
+        'python3 -c "import socket,sys; s=socket.socket(); s.settimeout(3); '
+        f"sys.exit(s.connect_ex(('{address}', {port})))\""
+    )
+    return bool(probe.rc == 0)
+
+
+def test_firewall_admits_the_admin_network_only(converged: None) -> None:
+    target = LAB.hostvars()[RELAYS[0]]["ansible_host"]
+    peer = host(RELAYS[1])
+    assert host(RELAYS[0]).socket("tcp://0.0.0.0:9733").is_listening
+    assert LAB.ssh(RELAYS[0], "true").returncode == 0, "SSH from the admin network must be open"
+    assert not connects(peer, target, 22), "SSH from a peer (not an admin network) must be dropped"
+    assert not connects(peer, target, 9733), "metrics must be closed outside the monitoring networks"
+    assert not connects(peer, target, 8080), "an unlisted port must be closed"
+
+
+@pytest.mark.parametrize("name", USERS)
+def test_mesh_user_host_has_the_client_and_no_daemon(converged: None, name: str) -> None:
+    user = host(name)
+    assert ringmesh(user, "keys", "show", "--public")["did"].startswith("did:key:z6Mk")
+    assert 'role = "client"' in user.file("/etc/ringmesh/node.toml").content_string
+    assert not user.exists("supervisorctl")
+
+
+def test_second_up_changes_nothing(converged: None) -> None:
+    run = lab_cli("up", timeout=20 * 60)
+    assert run.returncode == 0, run.explain()
+    changed = {name: s["changed"] for name, s in run.summary["site"]["stats"].items() if s["changed"]}
+    assert not changed, f"second run changed {changed}: {run.summary['site']['changed_tasks']}"
+    assert all(row["acked"] and row["received"] for row in run.summary["smoke"].values()), run.explain()
+
+
+def test_check_mode_on_the_converged_fleet_changes_nothing(converged: None) -> None:
+    run: PlaybookRun = LAB.playbook(SITE, check=True, diff=True, log_name="site-check-converged", timeout=1200)
+    assert run.ok, run.explain()
+    assert run.total("changed") == 0, run.explain()
+
+
+def test_rotate_keys_playbook_bumps_every_epoch(converged: None) -> None:
+    before = {name: ringmesh(host(name), "status")["epoch"] for name in RELAYS}
+    run = LAB.playbook(PLAYBOOKS / "rotate-keys.yml", log_name="rotate-keys", timeout=600)
+    assert run.ok, run.explain()
+    assert {name: ringmesh(host(name), "status")["epoch"] for name in RELAYS} == {
+        name: epoch + 1 for name, epoch in before.items()
+    }
+
+
+def test_status_reads_every_relay(converged: None) -> None:
+    status = lab_cli("status", timeout=300)
+    assert status.returncode == 0, status.explain()
+    assert all(name in status.output for name in RELAYS), status.explain()
+
+
+def test_down_removes_everything(converged: None) -> None:
+    down = lab_cli("down", timeout=300)
+    assert down.returncode == 0, down.explain()
+    label = LAB.hostvars()[RELAYS[0]]["lab_label"]
+    names = subprocess.run(
+        ["podman", "ps", "--all", "--filter", f"label={label}", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert names == []
+    networks = json.loads(
+        subprocess.run(
+            ["podman", "network", "ls", "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert LAB.hostvars()[RELAYS[0]]["lab_network"] not in [n["name"] for n in networks]
+    assert not LAB.state.exists()

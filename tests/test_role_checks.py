@@ -1,0 +1,131 @@
+"""Every role stops on a bad variable with a message that names that variable and no other.
+
+One ansible-playbook run on this machine, touching no host: each case is an inventory host of
+its own (local connection) whose variables hold one bad value, and each applies its role's
+`validate` entry point, the one site.yml's preflight runs before any change. A case passes when
+its host failed with a message naming its variable and none of the role's other variables;
+the `*-defaults` hosts hold only good values and must pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.ansible import REPO, PlaybookRun, run_playbook
+
+# (role, variable, bad value, other variables the case needs)
+CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
+    ("node", "node_port", 70000, {}),
+    ("node", "node_role", "witness", {}),
+    ("node", "node_log_level", "loud", {}),
+    ("node", "node_keys_epoch_seconds", 0, {}),
+    ("node", "node_keys_grace_seconds", -1, {}),
+    ("node", "node_mixing_mean_delay_ms", -5, {}),
+    ("node", "node_mixing_loop_rate", -1.0, {}),
+    ("node", "node_mixing_drop_rate", -0.5, {}),
+    ("node", "node_mailbox_ttl_seconds", 0, {}),
+    ("node", "node_mailbox_max_packets", 0, {}),
+    ("node", "node_start_timeout", 0, {}),
+    ("node", "node_advertise_address", "", {}),
+    ("node", "node_metrics_listen", "localhost", {}),
+    ("node", "node_user", "Mesh User", {}),
+    ("node", "node_state_dir", "var/lib/ringmesh", {}),
+    ("node", "node_config_file", "node.toml", {}),
+    ("node", "node_cli", "ringmesh", {}),
+    ("node", "node_first_ring_group", "nosuchgroup", {}),
+    ("node", "node_client_home", "nosuchhost", {"node_role": "client"}),
+    ("keys", "keys_rotation_on_calendar", "fortnightly-ish", {}),
+    ("keys", "keys_rotation_randomized_delay", "soon", {}),
+    ("keys", "keys_rotation_persistent", "sometimes", {}),
+    ("firewall", "firewall_admin_networks", ["10.0.0.300/32"], {}),
+    ("firewall", "firewall_monitoring_networks", ["10.0.0.1/24"], {}),
+    ("firewall", "firewall_relay_port", 0, {}),
+    ("firewall", "firewall_ssh_port", 65536, {}),
+    ("firewall", "firewall_relay_rate_per_source", "lots", {}),
+    ("firewall", "firewall_relay_burst_per_source", 0, {}),
+    ("supervisor", "supervisor_programs", [{"name": "bad name!", "command": "/bin/true"}], {}),
+    ("hardening", "hardening_ssh_port", 70000, {}),
+    ("hardening", "hardening_ssh_max_auth_tries", 0, {}),
+    ("hardening", "hardening_login_umask", "0999", {}),
+    ("hardening", "hardening_unattended_upgrades_reboot_time", "25:00", {}),
+    ("hardening", "hardening_ssh_listen_addresses", ["example.org"], {}),
+    ("hardening", "hardening_sysctl_extra", {"not a key": 1}, {}),
+    ("hardening", "hardening_ssh_kex_algorithms", ["diffie-hellman-group0-md5"], {}),
+]
+ROLES = sorted({role for role, *_ in CASES})
+# What every host of this run needs to be valid apart from the case's one bad value.
+GOOD = {"node_advertise_address": "192.0.2.1", "firewall_admin_networks": ["192.0.2.0/24"]}
+
+
+def role_variables(role: str) -> set[str]:
+    specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    return set(specs["argument_specs"]["main"]["options"])
+
+
+def case_host(role: str, variable: str) -> str:
+    return f"{role}--{variable}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlaybookRun]:
+    work: Path = tmp_path_factory.mktemp("role-checks")
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    hosts: dict[str, dict[str, Any]] = {}
+    for role, variable, value, extra in CASES:
+        hosts[case_host(role, variable)] = {**local, **GOOD, **extra, "case_role": role, variable: value}
+    for role in ROLES:
+        hosts[f"{role}--defaults"] = {**local, **GOOD, "case_role": role}
+    inventory = {
+        "all": {
+            "children": {
+                "cases": {"hosts": hosts},
+                "relays": {"hosts": dict.fromkeys(hosts)},
+                "first_ring": {"hosts": {"ring-relay": {"ansible_host": "192.0.2.1"}}},
+            }
+        }
+    }
+    (work / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (work / "validate.yml").write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Each case host applies its role's checks",
+                    "hosts": "cases",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "Run the role's validate entry point",
+                            "ansible.builtin.include_role": {"name": "{{ case_role }}", "tasks_from": "validate"},
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    result = run_playbook(work / "validate.yml", work / "hosts.yml", timeout=300, env={"ANSIBLE_FORKS": "8"})
+    yield result
+
+
+def failure_of(run: PlaybookRun, host: str) -> str | None:
+    messages = [r.message for r in run.failed() if r.host == host]
+    return messages[0] if messages else None
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_defaults_pass(run: PlaybookRun, role: str) -> None:
+    assert failure_of(run, f"{role}--defaults") is None, run.explain()
+    assert run.stats.get(f"{role}--defaults", {}).get("ok", 0) > 0, run.explain()
+
+
+@pytest.mark.parametrize(("role", "variable"), [(role, variable) for role, variable, *_ in CASES])
+def test_bad_variable_is_named_alone(run: PlaybookRun, role: str, variable: str) -> None:
+    message = failure_of(run, case_host(role, variable))
+    assert message is not None, f"{case_host(role, variable)} passed the checks\n{run.explain()}"
+    named = {name for name in role_variables(role) if re.search(rf"\b{re.escape(name)}\b", message)}
+    assert named == {variable}, f"message names {sorted(named)}: {message}"

@@ -11,12 +11,14 @@ import base64
 import json
 import os
 import shlex
-import subprocess
 import time
 from typing import Any
 
 import pytest
 import testinfra
+
+from harness.ansible import REPO, PlaybookRun, run_playbook
+from harness.verify import assert_check_mode_changes_nothing, assert_rejected
 
 RELAYS = ["backup-relay1", "backup-relay2", "backup-relay3"]
 STORE = "/var/lib/ringmesh-backup"
@@ -348,43 +350,26 @@ def test_a_failed_backup_fails_its_unit_and_says_why() -> None:
     client.check_output("systemctl start ringmesh-backup-borg.service")
 
 
-def run_playbook(playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook on the scenario's inventory; stdout holds stderr too, without colours."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+def test_check_mode_changes_nothing() -> None:
+    assert_check_mode_changes_nothing()
 
 
-def run_converge(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"), *args)
-
-
-# One case here (each is a converge of the three hosts); tasks/validate.yml has one check per variable.
-@pytest.mark.parametrize(
-    ("extra_vars", "named"),
-    [({"backup_sources": ["/etc/ringmesh", "/var/log"]}, "backup_sources: '/var/log'")],
-)
-def test_bad_variables_stop_the_role_naming_the_variable(extra_vars: dict[str, object], named: str) -> None:
+# One case here (each is a converge of the three hosts); tests/test_role_checks.py has one per variable.
+def test_a_bad_variable_stops_the_role_naming_it() -> None:
     before = relay("backup-relay1").check_output(f"sha256sum {CONFIG}")
-    result = run_converge("-e", json.dumps(extra_vars))
-    assert result.returncode != 0
-    assert named in result.stdout, result.stdout[-3000:]
+    assert_rejected({"backup_sources": ["/etc/ringmesh", "/var/log"]}, "backup_sources: '/var/log'")
     assert relay("backup-relay1").check_output(f"sha256sum {CONFIG}") == before
 
 
-def run_prune(*args: str) -> subprocess.CompletedProcess[str]:
+def run_prune(**extra_vars: Any) -> PlaybookRun:
     """playbooks/prune.yml from this machine, the operator's, with the operator's key."""
-    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "prune.yml")
     key = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "operator_ed25519")
-    return run_playbook(playbook, "-e", f"backup_operator_key_file={key}", *args)
+    return run_playbook(
+        REPO / "playbooks" / "prune.yml",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        extra_vars={"backup_operator_key_file": key, "prune_clients": "backup-relay2", **extra_vars},
+        timeout=600,
+    )
 
 
 def test_prune_shows_the_record_then_prunes_with_the_operators_key_only() -> None:
@@ -393,14 +378,15 @@ def test_prune_shows_the_record_then_prunes_with_the_operators_key_only() -> Non
     peer = "backup-relay3"
     borg_before, restic_before = borg_archives(client, peer), restic_snapshots(client, peer)
     assert len(borg_before) >= 2 and len(restic_before) >= 2
-    dry = run_prune("-e", "prune_clients=backup-relay2")
-    assert dry.returncode == 0, dry.stdout[-5000:]
-    assert "transactions since the last prune" in dry.stdout and "transaction " in dry.stdout, dry.stdout[-5000:]
+    dry = run_prune()
+    assert dry.ok, dry.explain()
+    shown = json.dumps([r.result.get("msg") for r in dry.results()])
+    assert "transactions since the last prune" in shown and "transaction " in shown, shown[-5000:]
     assert borg_archives(client, peer) == borg_before and restic_snapshots(client, peer) == restic_before
     # Keep only the newest archive (borg counts each archive for one rule only: keep no others).
     keep_one = {"backup_keep_hourly": 1, "backup_keep_daily": 0, "backup_keep_weekly": 0, "backup_keep_monthly": 0}
-    wet = run_prune("-e", "prune_clients=backup-relay2", "-e", "backup_prune_confirm=true", "-e", json.dumps(keep_one))
-    assert wet.returncode == 0, wet.stdout[-5000:]
+    wet = run_prune(backup_prune_confirm=True, **keep_one)
+    assert wet.ok, wet.explain()
     assert borg_archives(client, peer) == borg_before[-1:]
     assert len(restic_snapshots(client, peer)) == 1 and restic_snapshots(client, peer)[0] in restic_before
     assert borg(client, peer, "check REPO").rc == 0

@@ -14,9 +14,7 @@ MONITORING = REPO / "monitoring"
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
     assert binary, "promtool not found: run scripts/bootstrap-host (Debian package prometheus)"
-    return subprocess.run(
-        [binary, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([binary, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_rules_pass_promtool_check() -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import testinfra
 
 from harness.ansible import REPO, PlaybookRun, run_playbook
+from harness.backup import damage_newest
 from harness.lab import PLAYBOOKS, Lab, run
 
-STORE = "/var/lib/ringmesh-backup"  # backup_store_dir on the peers
 BACKUP_UNITS = ("ringmesh-backup-borg", "ringmesh-backup-restic")
 CLONE_HOST_NUMBER = 14  # on the lab subnet: after the relays (.11-.13), before the users (.21-)
 
@@ -59,18 +59,6 @@ def clone_result(run: PlaybookRun) -> dict[str, Any]:
     return {}
 
 
-def damage(peer: testinfra.host.Host, client: str, archive: dict[str, Any]) -> str:
-    """Flip 16 bytes in the newest data file of the archive's repository on the peer: restic's
-    newest pack holds the rotated key files, borg's newest segment this archive."""
-    tool = archive["repository"].split("@", 1)[0]
-    newest_file = peer.check_output(f"ls -t {STORE}/{client}/{tool}/data/*/* | head -1").strip()
-    peer.check_output(
-        f"python3 -c \"import os; f=open('{newest_file}','r+b'); n=os.path.getsize('{newest_file}'); "
-        f'f.seek(n // 2); b=f.read(16); f.seek(n // 2); f.write(bytes(x ^ 0xFF for x in b))"'
-    )
-    return str(newest_file)
-
-
 def write_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
     path.write_text(json.dumps({"all": {"hosts": hosts}}, indent=2) + "\n")
     return path
@@ -95,7 +83,7 @@ def run_drill(lab: Lab, source: str) -> DrillResult:
     ]
     newest = json.loads(relay.check_output("ringmesh-backup archives"))["archives"][0]
     peer = newest["repository"].split("@", 1)[1]
-    damaged = damage(podman_host(lab.container(peer)), source, newest)
+    damaged = damage_newest(podman_host(lab.container(peer)), source, newest)
     print(f"damaged {newest['repository']} {newest['name']}: 16 bytes flipped in {damaged}")
 
     lab.remove_host(source)

@@ -18,10 +18,10 @@ import pytest
 import testinfra
 
 from harness.ansible import REPO, PlaybookRun, run_playbook
+from harness.backup import STORE, damage_newest
 from harness.verify import assert_check_mode_changes_nothing, assert_rejected
 
 RELAYS = ["backup-relay1", "backup-relay2", "backup-relay3"]
-STORE = "/var/lib/ringmesh-backup"
 CONFIG = "/etc/ringmesh-backup/config.json"
 TIMERS = ["ringmesh-backup-borg", "ringmesh-backup-restic", "ringmesh-check-borg", "ringmesh-check-restic"]
 SSH = (
@@ -393,3 +393,21 @@ def test_prune_shows_the_record_then_prunes_with_the_operators_key_only() -> Non
     assert restic(client, peer, "check").rc == 0
     # The relay's own key still cannot delete what is left.
     assert borg(client, peer, f"delete REPO::{borg_before[-1]}").rc != 0
+
+
+def test_restore_falls_back_past_a_damaged_newest_archive() -> None:
+    """Runs after the prune: a changed config, one more borg backup, then its newest archive is
+    damaged on the peer; the restore must skip it, say so, and bring back the changed config."""
+    client = relay("backup-relay1")
+    client.check_output("echo '# restore test' >> /etc/ringmesh/node.toml")
+    client.check_output("systemctl start ringmesh-backup-borg.service")
+    newest = json.loads(client.check_output("ringmesh-backup archives"))["archives"][0]
+    damage_newest(relay(newest["repository"].split("@", 1)[1]), "backup-relay1", newest)
+    result = client.run("ringmesh-backup restore --destination /root/restore-test")
+    assert result.rc == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["repository"], report["archive"]) != (newest["repository"], newest["name"])
+    skipped = [s for s in report["skipped"] if s["repository"] == newest["repository"]]
+    assert skipped and skipped[0]["archive"] in (newest["name"], ""), report["skipped"]
+    restored = client.check_output(f"sha256sum < {report['destination']}/etc/ringmesh/node.toml")
+    assert restored == client.check_output("sha256sum < /etc/ringmesh/node.toml")

@@ -240,7 +240,7 @@ def test_restore_drill_restores_into_scratch_and_matches_the_live_files(converge
     pid = node_pid(relay)
     run = LAB.playbook(PLAYBOOKS / "restore-drill.yml", limit=RELAYS[0], log_name="restore-drill", timeout=600)
     assert run.ok, run.explain()
-    report = json.dumps([r.result.get("msg") for r in run.results()])
+    report = json.dumps([r.result for r in run.results()])
     assert "same as live" in report and "identity did:key:" in report, report
     assert node_pid(relay) == pid, "the drill must not touch the running node"
     assert relay.run("ls -d /tmp/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"

@@ -20,7 +20,7 @@ import testinfra
 
 from harness.ansible import REPO, PlaybookRun, run_playbook
 from harness.backup import STORE, damage_newest
-from harness.verify import assert_check_mode_changes_nothing, assert_rejected
+from harness.verify import assert_rejected
 
 RELAYS = ["backup-relay1", "backup-relay2", "backup-relay3"]
 CONFIG = "/etc/ringmesh-backup/config.json"
@@ -354,10 +354,6 @@ def test_a_failed_backup_fails_its_unit_and_says_why() -> None:
     finally:
         peer.check_output("systemctl start ssh")
     client.check_output("systemctl start ringmesh-backup-borg.service")
-
-
-def test_check_mode_changes_nothing() -> None:
-    assert_check_mode_changes_nothing()
 
 
 # One case here (each is a converge of the three hosts); tests/test_role_checks.py has one per variable.

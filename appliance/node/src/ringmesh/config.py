@@ -150,17 +150,21 @@ def _did(value: object, name: str) -> tuple[str, bytes]:
         raise ConfigError(name, str(exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at path; a missing, unreadable or malformed file is a ConfigError."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError("config", f"{path} does not exist") from None
     except OSError as exc:
         raise ConfigError("config", f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML ({exc})") from None
-    return parse_config(raw, path)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return parse_config(read_toml(path), path)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:

@@ -33,7 +33,7 @@ from backup_drill import DrillResult, podman_host, run_drill
 
 from harness.ansible import REPO, PlaybookRun, run_playbook
 from harness.lab import PLAYBOOKS, Lab
-from harness.verify import node_pid, ringmesh
+from harness.verify import assert_rotation_bumps_the_running_epoch, node_pid, ringmesh
 
 LAB = Lab(instance="test")
 RELAYS = LAB.groups()["relays"]
@@ -166,13 +166,7 @@ def wait_for_peers(name: str, deadline_s: float = 60) -> None:
 
 
 def test_rotation_timer_service_rotates_without_restart(converged: None) -> None:
-    relay = host(RELAYS[-1])  # Debian 12
-    pid = node_pid(relay)
-    epoch = ringmesh(relay, "keys", "show", "--public")["epoch"]
-    relay.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
-    assert ringmesh(relay, "keys", "show", "--public")["epoch"] == epoch + 1
-    assert ringmesh(relay, "status")["epoch"] == epoch + 1
-    assert node_pid(relay) == pid
+    assert_rotation_bumps_the_running_epoch(host(RELAYS[-1]))  # Debian 12
     for name in RELAYS:
         wait_for_peers(name)
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "images"))
@@ -69,3 +70,14 @@ def test_boot_code_points_at_core_image_in_the_bios_boot_partition() -> None:
 def test_a_core_image_larger_than_its_partition_is_refused() -> None:
     with pytest.raises(DiskError, match="does not fit"):
         patched_boot_code(bytes(512), bytes(2 * MIB), DiskLayout(size=1024 * MIB))
+
+
+def test_the_config_embedded_in_core_image_is_commands_only() -> None:
+    # GRUB runs it with the rescue parser: no comments, and a stray quote swallows the lines after it.
+    template = Path(__file__).resolve().parent.parent / "playbooks/templates/grub-early.cfg.j2"
+    uuid = "0b3c6a52-8d6e-4a8e-9d0e-2f6f1c1d5e7a"
+    rendered = jinja2.Template(template.read_text()).render(image_root_uuid=uuid)
+    assert rendered.splitlines() == [
+        f"search.fs_uuid {uuid} root hd0,gpt2",
+        "set prefix=($root)'/boot/grub'",
+    ]

@@ -104,6 +104,12 @@ class VM:
         return self.workdir / f"{self.name}.serial.log"
 
     @property
+    def control_path(self) -> str:
+        # A Unix socket path has at most 107 bytes, and ssh adds 17 to it while it makes the
+        # master: under the repository it is too long, and every ssh fails after logging in.
+        return f"/tmp/{self.workdir.name}.{self.name}.%C"
+
+    @property
     def ssh_config(self) -> Path:
         return self.workdir / f"{self.name}.ssh_config"
 
@@ -244,7 +250,7 @@ class VM:
   ConnectTimeout 20
   ServerAliveInterval 15
   ControlMaster auto
-  ControlPath {self.workdir}/{self.name}.ssh.%C
+  ControlPath {self.control_path}
   ControlPersist 120
   ProxyCommand {" ".join(self.netns.exec("socat", "-", "TCP:127.0.0.1:%p"))}
 """
@@ -281,8 +287,12 @@ class VM:
     def wait_for(self, command: str, deadline: float) -> float:
         """Seconds since start until COMMAND succeeds over SSH."""
         while True:
-            if self.ssh(command, check=False, timeout=60).returncode == 0:
+            result = self.ssh(command, check=False, timeout=60)
+            if result.returncode == 0:
                 return time.monotonic() - self.started
             if time.monotonic() - self.started > deadline:
-                raise VMError(f"{self.name}: `{command}` did not succeed within {deadline:.0f}s of boot")
+                raise VMError(
+                    f"{self.name}: `{command}` did not succeed within {deadline:.0f}s of boot; "
+                    f"the last try exited {result.returncode}: {result.stdout}{result.stderr}".strip()
+                )
             time.sleep(3)

@@ -190,7 +190,7 @@ def scan(stream: Any, patterns: list[bytes]) -> set[bytes]:
     """Patterns and PEM private keys (their start) found in a byte stream, read in chunks that
     overlap by the longest pattern."""
     found: set[bytes] = set()
-    overlap = max(PRIVATE_KEY_SPAN, *(len(p) for p in patterns))
+    overlap = max([PRIVATE_KEY_SPAN, *(len(p) for p in patterns)])  # patterns may be empty
     tail = b""
     while chunk := stream.read(1 << 24):
         window = tail + chunk

@@ -57,10 +57,29 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("hardening", "hardening_ssh_listen_addresses", ["example.org"], {}),
     ("hardening", "hardening_sysctl_extra", {"not a key": 1}, {}),
     ("hardening", "hardening_ssh_kex_algorithms", ["diffie-hellman-group0-md5"], {}),
+    ("ledger", "ledger_api_port", 70000, {}),
+    ("ledger", "ledger_etcd_peer_port", 8740, {}),
+    ("ledger", "ledger_api_rate", 0, {}),
+    ("ledger", "ledger_api_burst", 0, {}),
+    ("ledger", "ledger_snapshot_interval", 0, {}),
+    ("ledger", "ledger_cert_valid_days", 0, {}),
+    ("ledger", "ledger_log_level", "loud", {}),
+    ("ledger", "ledger_advertise_address", "relay1.example", {}),
+    ("ledger", "ledger_metrics_listen", "localhost", {}),
+    ("ledger", "ledger_database", "mysql://ledger@db/ledger", {}),
+    ("ledger", "ledger_etcd_prefix", "ledger/", {}),
+    ("ledger", "ledger_first_ring_group", "nosuchgroup", {}),
+    ("ledger", "ledger_issuer_host", "nosuchhost", {}),
+    ("ledger", "ledger_user", "Ledger User", {}),
+    ("ledger", "ledger_state_dir", "var/lib/ringmesh-ledger", {}),
 ]
 ROLES = sorted({role for role, *_ in CASES})
 # What every host of this run needs to be valid apart from the case's one bad value.
-GOOD = {"node_advertise_address": "192.0.2.1", "firewall_admin_networks": ["192.0.2.0/24"]}
+GOOD = {
+    "node_advertise_address": "192.0.2.1",
+    "ledger_advertise_address": "192.0.2.1",
+    "firewall_admin_networks": ["192.0.2.0/24"],
+}
 
 
 def role_variables(role: str) -> set[str]:

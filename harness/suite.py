@@ -49,6 +49,7 @@ STEPS = [
     Step("lint", "mypy", ["mypy"]),
     Step("lint", "mypy node", ["mypy"], REPO / "appliance" / "node"),
     Step("lint", "mypy ledger", ["mypy"], REPO / "appliance" / "ledger"),
+    pytest_step("lint", "docs", "-q", "tests/test_docs.py"),
     pytest_step("node", "node tests", "-q", "appliance/node/tests"),
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     pytest_step("infra", "fleet", "-v", "tests/test_fleet.py", parallel=True),

@@ -15,7 +15,7 @@ from harness.verify import assert_check_mode_changes_nothing, assert_rejected
 
 HOSTS = ("ledger-a", "ledger-b", "ledger-c")
 TLS = "/etc/ringmesh-ledger/tls"
-ISSUER_WALLET = "/root/.ringmesh-ledger-issuer"
+ISSUER_WALLET = "/var/lib/ringmesh-ledger-issuer"
 
 
 def relay(name: str) -> testinfra.host.Host:
@@ -76,15 +76,15 @@ def _balance(host: testinfra.host.Host, wallet: str, expected: int) -> int:
 
 
 def test_confidential_transfer_commits_and_every_node_signs_the_same_digest(host: testinfra.host.Host) -> None:
-    alice = ledger(host, "--wallet", "/root/alice", "keys", "init")["did"]
-    bob = ledger(host, "--wallet", "/root/bob", "keys", "init")["did"]
+    alice = ledger(host, "--wallet", "/var/lib/ringmesh-ledger-alice", "keys", "init")["did"]
+    bob = ledger(host, "--wallet", "/var/lib/ringmesh-ledger-bob", "keys", "init")["did"]
     issued = ledger(host, "--wallet", ISSUER_WALLET, "issue", "--to", alice, "--amount", "100")
     assert issued["applied"], issued
-    assert _balance(host, "/root/alice", 100) == 100
-    sent = ledger(host, "--wallet", "/root/alice", "transfer", "--to", bob, "--amount", "30")
+    assert _balance(host, "/var/lib/ringmesh-ledger-alice", 100) == 100
+    sent = ledger(host, "--wallet", "/var/lib/ringmesh-ledger-alice", "transfer", "--to", bob, "--amount", "30")
     assert sent["applied"], sent
-    assert _balance(host, "/root/bob", 30) == 30
-    assert _balance(host, "/root/alice", 70) == 70
+    assert _balance(host, "/var/lib/ringmesh-ledger-bob", 30) == 30
+    assert _balance(host, "/var/lib/ringmesh-ledger-alice", 70) == 70
 
     deadline = time.monotonic() + 60
     while True:

@@ -132,6 +132,12 @@ def test_first_up_converges_and_delivers_the_smoke_messages(first_up: LabRun) ->
     assert all(row["acked"] and row["received"] for row in smoke.values()), smoke
 
 
+def test_first_up_ends_with_a_confidential_ledger_transfer(first_up: LabRun) -> None:
+    transfer = first_up.summary["ledger_smoke"]
+    assert int(transfer["received"]) == int(transfer["amount"]) > 0, transfer
+    assert transfer["digests_agree"] in (True, "True"), transfer
+
+
 def test_fleet_table_shows_every_relay_with_its_peers_up(first_up: LabRun) -> None:
     relays = first_up.summary["relays"]
     assert set(relays) == set(RELAYS), first_up.explain()

@@ -6,14 +6,15 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-ledger test-infra bench bench-ledger clean
+.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-ledger test-infra bench bench-ledger fuzz clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, the fleet end to end"
-	@echo "make bench      the node's relay throughput and latency benchmark"
+	@echo "make bench      the node's relay throughput and latency benchmark, and the relay under flood"
 	@echo "make bench-ledger  the ledger's proof and commit benchmark"
+	@echo "make fuzz       coverage-guided fuzzing of the node's parsers (FUZZ_RUNS per target)"
 
 bootstrap:
 	scripts/bootstrap-host
@@ -61,9 +62,19 @@ test: venv images
 
 bench: venv
 	python appliance/node/bench/bench_relay.py
+	python appliance/node/bench/bench_flood.py
 
 bench-ledger: venv
 	python appliance/ledger/bench/bench_ledger.py
+
+# Coverage-guided fuzzing of every network and file parser (atheris), FUZZ_RUNS inputs each.
+FUZZ_RUNS ?= 1500000
+fuzz: venv
+	pip install -q -e 'appliance/node[fuzz]'
+	for target in $$(python appliance/node/fuzz/fuzz.py --list | cut -d: -f2); do \
+		python appliance/node/fuzz/fuzz.py $$target -runs=$(FUZZ_RUNS) -max_len=4096 \
+			-artifact_prefix=fuzz-$$target- || exit 1; \
+	done
 
 clean: lab-down
 	rm -rf $(VENV)

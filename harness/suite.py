@@ -53,7 +53,17 @@ STEPS = [
     pytest_step("node", "node tests", "-q", "appliance/node/tests"),
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     pytest_step("infra", "fleet", "-v", "tests/test_fleet.py", parallel=True),
-    pytest_step("infra", "roles", "-v", "tests/test_role_checks.py", "tests/test_molecule.py", parallel=True),
+    # The backup tools' unit tests and the alert rules' promtool tests take seconds: before the scenarios.
+    pytest_step(
+        "infra",
+        "roles",
+        "-v",
+        "tests/test_role_checks.py",
+        "tests/test_backup_units.py",
+        "tests/test_monitoring.py",
+        "tests/test_molecule.py",
+        parallel=True,
+    ),
 ]
 
 

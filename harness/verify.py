@@ -33,6 +33,17 @@ def node_pid(host: testinfra.host.Host) -> int:
     return int(host.check_output("supervisorctl pid ringmesh"))
 
 
+def assert_rotation_bumps_the_running_epoch(host: testinfra.host.Host) -> None:
+    """The rotation timer's service moves the keystore and the running node to the next
+    epoch, without restarting the node."""
+    pid = node_pid(host)
+    epoch = ringmesh(host, "keys", "show", "--public")["epoch"]
+    host.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
+    assert ringmesh(host, "keys", "show", "--public")["epoch"] == epoch + 1
+    assert ringmesh(host, "status")["epoch"] == epoch + 1
+    assert node_pid(host) == pid
+
+
 def converge(
     extra_vars: Mapping[str, Any] | None = None,
     *,

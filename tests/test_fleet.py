@@ -10,6 +10,9 @@ untouched. In file order:
                 acknowledged (playbooks/smoke.yml), every relay sees its two peers;
   converged     nodes, rotation timer, firewall and the mesh client behave; a second
                 `lab/lab up` changes nothing; a check run changes nothing; rotate-keys.yml;
+  DR drill      restore-drill.yml on relay1; relay2 backs up, its newest archive is damaged,
+                its host is destroyed and clone.yml brings it back on a fresh host
+                (tests/backup_drill.py): same did:key, peers up, user2's messages arrive;
   lab/lab down  leaves nothing behind.
 """
 
@@ -26,10 +29,11 @@ from typing import Any
 
 import pytest
 import testinfra
+from backup_drill import DrillResult, podman_host, run_drill
 
-from harness.ansible import REPO, PlaybookRun
+from harness.ansible import REPO, PlaybookRun, run_playbook
 from harness.lab import PLAYBOOKS, Lab
-from harness.verify import node_pid, ringmesh
+from harness.verify import assert_rotation_bumps_the_running_epoch, node_pid, ringmesh
 
 LAB = Lab(instance="test")
 RELAYS = LAB.groups()["relays"]
@@ -168,13 +172,7 @@ def wait_for_peers(name: str, deadline_s: float = 60) -> None:
 
 
 def test_rotation_timer_service_rotates_without_restart(converged: None) -> None:
-    relay = host(RELAYS[-1])  # Debian 12
-    pid = node_pid(relay)
-    epoch = ringmesh(relay, "keys", "show", "--public")["epoch"]
-    relay.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
-    assert ringmesh(relay, "keys", "show", "--public")["epoch"] == epoch + 1
-    assert ringmesh(relay, "status")["epoch"] == epoch + 1
-    assert node_pid(relay) == pid
+    assert_rotation_bumps_the_running_epoch(host(RELAYS[-1]))  # Debian 12
     for name in RELAYS:
         wait_for_peers(name)
 
@@ -192,7 +190,9 @@ def test_firewall_admits_the_admin_network_only(converged: None) -> None:
     peer = host(RELAYS[1])
     assert host(RELAYS[0]).socket("tcp://0.0.0.0:9733").is_listening
     assert LAB.ssh(RELAYS[0], "true").returncode == 0, "SSH from the admin network must be open"
-    assert not connects(peer, target, 22), "SSH from a peer (not an admin network) must be dropped"
+    # Fleet members reach sshd for the backup account only (roles/backup's Match rules).
+    assert connects(peer, target, 22), "SSH from a fleet member must reach sshd (backups)"
+    assert not connects(host(USERS[0]), target, 22), "SSH from a mesh user's host must be dropped"
     assert not connects(peer, target, 9733), "metrics must be closed outside the monitoring networks"
     assert not connects(peer, target, 8080), "an unlisted port must be closed"
 
@@ -232,6 +232,76 @@ def test_status_reads_every_relay(converged: None) -> None:
     status = lab_cli("status", timeout=300)
     assert status.returncode == 0, status.explain()
     assert all(name in status.output for name in RELAYS), status.explain()
+
+
+def test_restore_drill_restores_into_scratch_and_matches_the_live_files(converged: None) -> None:
+    relay = host(RELAYS[0])
+    relay.run_expect([0], "systemctl start ringmesh-backup-borg.service ringmesh-backup-restic.service")
+    pid = node_pid(relay)
+    run = LAB.playbook(PLAYBOOKS / "restore-drill.yml", limit=RELAYS[0], log_name="restore-drill", timeout=600)
+    assert run.ok, run.explain()
+    report = json.dumps([r.result for r in run.results()])
+    assert "same as live" in report and "identity did:key:" in report, report
+    assert node_pid(relay) == pid, "the drill must not touch the running node"
+    assert relay.run("ls -d /tmp/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"
+
+
+# The disaster-recovery drill: relay2 is user2's home relay (inventories/lab).
+DRILL_SOURCE = "relay2"
+
+
+@pytest.fixture(scope="module")
+def drill(converged: None) -> DrillResult:
+    return run_drill(LAB, DRILL_SOURCE)
+
+
+def test_clone_comes_back_with_the_lost_relays_did(drill: DrillResult) -> None:
+    assert drill.clone.ok and drill.result, drill.explain()
+    assert drill.result["did"] == drill.did
+    assert ringmesh(podman_host(drill.container), "keys", "show", "--public")["did"] == drill.did
+
+
+def test_clone_skips_the_damaged_newest_archive_and_says_so(drill: DrillResult) -> None:
+    assert drill.result, drill.explain()
+    newest = (drill.newest["repository"], drill.newest["name"])
+    assert (drill.result["repository"], drill.result["archive"]) != newest
+    skipped = {(s["repository"], s["archive"]): s["reason"] for s in drill.result["skipped"]}
+    reason = skipped.get(newest, "")
+    assert "verification failed" in reason or "Integrity" in reason or "MAC" in reason, drill.result["skipped"]
+
+
+def test_clone_reports_rpo_and_an_rto_under_five_minutes(drill: DrillResult) -> None:
+    assert drill.result, drill.explain()
+    print(f"backups of {drill.source}: {drill.backup_seconds}; " + "; ".join(drill.metrics))
+    print(f"RTO {drill.result['rto_seconds']} s, RPO {drill.result['rpo_seconds']} s")
+    assert float(drill.result["rto_seconds"]) < 300, f"RTO {drill.result['rto_seconds']} s"
+    assert 0 < float(drill.result["rpo_seconds"]) < 3600
+
+
+def test_peers_see_the_clone_up_at_its_new_address(drill: DrillResult) -> None:
+    assert drill.result, drill.explain()
+    live = [name for name in RELAYS if name != drill.source]
+    port = LAB.hostvars()[live[0]].get("node_port", 7733)
+    deadline = time.monotonic() + 60
+    while True:
+        entries = {name: [p for p in ringmesh(host(name), "status")["peers"] if p["did"] == drill.did] for name in live}
+        if all(e and e[0]["up"] for e in entries.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for name, found in entries.items():
+        assert found and found[0]["address"] == f"{drill.address}:{port}", (name, found)
+        assert found[0]["up"], f"{name} does not see the clone up: {found}"
+
+
+def test_a_message_to_a_user_whose_home_is_the_clone_arrives(drill: DrillResult) -> None:
+    assert drill.result, drill.explain()
+    homes = {name: LAB.hostvars()[name]["node_client_home"] for name in USERS}
+    assert drill.source in homes.values()
+    # The inventory as clone.yml's report says to update it: relay2 at the clone's address.
+    smoke = run_playbook(PLAYBOOKS / "smoke.yml", [*LAB.inventories, drill.inventory], timeout=600)
+    assert smoke.ok, smoke.explain()
+    rows = smoke.custom_stats["smoke"]
+    assert all(rows[name]["acked"] and rows[name]["received"] for name in USERS), rows
 
 
 def test_down_removes_everything(converged: None) -> None:

@@ -72,6 +72,22 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("ledger", "ledger_issuer_host", "nosuchhost", {}),
     ("ledger", "ledger_user", "Ledger User", {}),
     ("ledger", "ledger_state_dir", "var/lib/ringmesh-ledger", {}),
+    ("backup", "backup_secret", "short", {}),
+    ("backup", "backup_peers", 0, {}),
+    ("backup", "backup_fleet_group", "nosuchgroup", {}),
+    ("backup", "backup_address", "", {}),
+    ("backup", "backup_tools", ["zfs"], {}),
+    ("backup", "backup_sources", ["/etc/ringmesh", "/var/log"], {}),
+    ("backup", "backup_allowed_files", ["/home/*"], {}),
+    ("backup", "backup_remote_repositories", [{"name": "offsite", "tool": "borg", "url": "http://x"}], {}),
+    ("backup", "backup_operator_public_key", "not a key", {}),
+    ("backup", "backup_peer_user", "Backup User", {}),
+    ("backup", "backup_store_dir", "var/backups", {}),
+    ("backup", "backup_restic_check_subset", "lots", {}),
+    ("backup", "backup_randomized_delay", "soon", {}),
+    ("backup", "backup_timeout_seconds", 5, {}),
+    ("backup", "backup_on_calendar", "fortnightly-ish", {}),
+    ("backup", "backup_borg_check_on_calendar", "every other moon", {}),
 ]
 ROLES = sorted({role for role, *_ in CASES})
 # What every host of this run needs to be valid apart from the case's one bad value.
@@ -79,6 +95,7 @@ GOOD = {
     "node_advertise_address": "192.0.2.1",
     "ledger_advertise_address": "192.0.2.1",
     "firewall_admin_networks": ["192.0.2.0/24"],
+    "backup_secret": "not-a-real-secret-only-long-enough-for-the-check",
 }
 
 

@@ -11,6 +11,17 @@ from ringmesh_ledger.keys import SigningKey
 from ringmesh_ledger.model import Output
 
 
+def issuance(issuer: SigningKey, owner: SigningKey, *values: int) -> builder.Built:
+    """A transaction in which `issuer` creates new coins of `values` for `owner`."""
+    return builder.build(
+        [],
+        [builder.CoinSpec(owner.did, v) for v in values],
+        [issuer],
+        issue=sum(values),
+        issuer=issuer.did,
+    )
+
+
 @dataclass
 class Ledger:
     issuer: SigningKey = field(default_factory=SigningKey.generate)
@@ -27,13 +38,7 @@ class Ledger:
         return checked
 
     def issue(self, owner: SigningKey, *values: int) -> list[builder.Opening]:
-        built = builder.build(
-            [],
-            [builder.CoinSpec(owner.did, v) for v in values],
-            [self.issuer],
-            issue=sum(values),
-            issuer=self.issuer.did,
-        )
+        built = issuance(self.issuer, owner, *values)
         self.apply(built)
         return list(built.openings)
 

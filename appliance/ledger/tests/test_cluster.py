@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster import EtcdCluster, LedgerNode, make_nodes, wait_for
-from factories import spend
+from factories import issuance, spend
 from ringmesh_ledger import builder, codec, group, sigma
 from ringmesh_ledger import etcd as etcd_client
 from ringmesh_ledger.client import LedgerClient, NodeError, UntrustedAnswer
@@ -48,13 +48,7 @@ class Fleet:
         return LedgerClient((Peer("", node.url),)).submit(data)
 
     def issue(self, owner: SigningKey, *values: int) -> list[builder.Opening]:
-        built = builder.build(
-            [],
-            [builder.CoinSpec(owner.did, v) for v in values],
-            [self.issuer],
-            issue=sum(values),
-            issuer=self.issuer.did,
-        )
+        built = issuance(self.issuer, owner, *values)
         assert self.submit(built)["applied"]
         return list(built.openings)
 

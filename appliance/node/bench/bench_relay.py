@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import select
@@ -22,18 +23,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the tests' UDP endpoints
+
+from endpoints import SocketEndpoint
 from ringmesh import client_io, lioness
 from ringmesh.client import MessageAcked, MessageReceived
 from ringmesh.config import Config, RelayEntry, render_config
 from ringmesh.did import reply_mailbox_id
 from ringmesh.keystore import Keys, Keystore
-from ringmesh.link import LinkEndpoint, Session, SessionUp
+from ringmesh.link import Session
 from ringmesh.onion import Hop, build_packet, peel
 from ringmesh.primitives import keystream_xor
 from ringmesh.wire import (
@@ -112,40 +118,18 @@ def start_relay(config: Path, root: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=log, stderr=log)
 
 
-class Endpoint:
-    """A LinkEndpoint on a real UDP socket, pumped by hand (the harness's own nodes)."""
+class Endpoint(SocketEndpoint):
+    """The harness's own nodes: a LinkEndpoint on a loopback UDP socket, pumped by hand."""
 
     def __init__(self, keys: Keys) -> None:
+        super().__init__(identity=lambda: (keys.current.descriptor, keys.current.link_key))
         self.keys = keys
-        self.link = LinkEndpoint(
-            lambda: (keys.current.descriptor, keys.current.link_key), lambda d: None
-        )
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
         self.port = int(self.sock.getsockname()[1])
-        self.sessions: list[Session] = []
-        self.inbox: list[bytes] = []  # link plaintexts received
         self._pending: list[bytes] = []  # handshake ids
 
-    def pump(self, now: float) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except BlockingIOError:
-                break
-            got = self.link.receive(data, addr, now)
-            if got is not None:
-                self.inbox.append(got[1])
-        self.link.tick(now)
-        for datagram, addr in self.link.outbox:
-            self.sock.sendto(datagram, addr)
-        self.link.outbox.clear()
-        for event in self.link.events:
-            if isinstance(event, SessionUp):
-                self.sessions.append(event.session)
-        self.link.events.clear()
+    @property
+    def sessions(self) -> list[Session]:
+        return self.up
 
     def connect(self, addr: tuple[str, int], identity: bytes, timeout: float = 20) -> Session:
         """A session with the relay at addr (retried while the relay starts)."""
@@ -172,7 +156,13 @@ def hop_of(keys: Keys) -> Hop:
     return Hop(desc.node_id, desc.onion_key())  # delay 0: mixing off
 
 
-def bench_throughput(root: Path, total: int, window: int) -> tuple[float, float]:
+# Runs beside the measured forwarding: given the relay's address and pid (bench_flood.py).
+Load = Callable[[tuple[str, int], int], AbstractContextManager[object]]
+
+
+def bench_throughput(
+    root: Path, total: int, window: int, load: Load | None = None
+) -> tuple[float, float]:
     """(packets/s of wall time, packets per CPU-second of the relay process)."""
     relay_keys = keystore(root, "relay", ROLE_RELAY)
     nxt = Endpoint(keystore(root, "next", ROLE_RELAY))
@@ -196,25 +186,26 @@ def bench_throughput(root: Path, total: int, window: int) -> tuple[float, float]
             datagrams.append(client.link.seal(session, bytes([MSG_ONION]) + packet))
         sent = received = 0
         sock, sink = client.sock, nxt.sock
-        cpu_start = process_cpu(proc.pid)
-        start = time.perf_counter()
-        while received < total:
-            while sent < total and sent - received < window:
-                sock.sendto(datagrams[sent], relay_addr)
-                sent += 1
-            ready, _, _ = select.select([sink], [], [], 2.0)
-            if not ready:
-                print(f"  stalled at {received}/{total} (lost datagrams); stopping")
-                break
-            while True:
-                try:
-                    data = sink.recv(4096)
-                except BlockingIOError:
+        with load(relay_addr, proc.pid) if load else contextlib.nullcontext():
+            cpu_start = process_cpu(proc.pid)
+            start = time.perf_counter()
+            while received < total:
+                while sent < total and sent - received < window:
+                    sock.sendto(datagrams[sent], relay_addr)
+                    sent += 1
+                ready, _, _ = select.select([sink], [], [], 2.0)
+                if not ready:
+                    print(f"  stalled at {received}/{total} (lost datagrams); stopping")
                     break
-                if data[0] == DG_DATA:
-                    received += 1
-        elapsed = time.perf_counter() - start
-        cpu = process_cpu(proc.pid) - cpu_start
+                while True:
+                    try:
+                        data = sink.recv(4096)
+                    except BlockingIOError:
+                        break
+                    if data[0] == DG_DATA:
+                        received += 1
+            elapsed = time.perf_counter() - start
+            cpu = process_cpu(proc.pid) - cpu_start
         return received / elapsed, received / cpu
     finally:
         proc.terminate()
@@ -288,12 +279,12 @@ def bench_latency(fleet: Fleet3, samples: int) -> list[float]:
     harness.pump(time.time())
     latencies = []
     for _ in range(samples):
-        harness.inbox.clear()
+        harness.received.clear()
         _, packet = build_packet(hops, CMD_DELIVER, mailbox, os.urandom(PAYLOAD_LEN))
         start = time.perf_counter()
         harness.link.send(first, bytes([MSG_ONION]) + packet)
         harness.pump(time.time())
-        while not any(m[0] == MSG_MAILBOX_ITEM for m in harness.inbox):
+        while not any(m[0] == MSG_MAILBOX_ITEM for m in harness.received):
             select.select([harness.sock], [], [], 5)
             harness.pump(time.time())
         latencies.append(time.perf_counter() - start)

@@ -31,6 +31,14 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def ringmesh(
     *args: str, config: Path, stdin: bytes | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:
@@ -54,14 +62,21 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     advertised_port: int = 0  # what the others dial (may be a recording proxy)
     command: list[str] = field(default_factory=lambda: list(RINGMESH))  # how to run it
+    host: str = "127.0.0.1"  # any 127.0.0.0/8 address: relays on distinct source addresses
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
 
 # Fast Loopix rates so the tests take seconds: a 10 KiB message (13 fragments) leaves a
-# client in about 0.3 s, each hop holds a packet about 2 ms.
+# client in about 0.3 s, each hop holds a packet about 2 ms. Small replay filters (1.2 MB)
+# for test relays: their packet budget is never reached here.
 RELAY_VALUES: dict[str, object] = {
     "mean_delay_ms": 2,
     "loop_rate": 2.0,
     "mailbox_ttl_seconds": 600,
+    "replay_packets_per_second": 100,
 }
 CLIENT_VALUES: dict[str, object] = {"mean_delay_ms": 2, "send_rate": 50.0, "client_loop_rate": 5.0}
 
@@ -77,9 +92,13 @@ class Fleet:
 
     @staticmethod
     def pins(nodes: list[Node]) -> tuple[RelayEntry, ...]:
-        return tuple(
-            RelayEntry.from_did(n.did, ("127.0.0.1", n.advertised_port or n.port)) for n in nodes
-        )
+        return tuple(RelayEntry.from_did(n.did, Fleet.dialled(n)) for n in nodes)
+
+    @staticmethod
+    def dialled(node: Node) -> tuple[str, int]:
+        if node.advertised_port:  # the recording proxy in front of it
+            return "127.0.0.1", node.advertised_port
+        return node.address
 
     def write_config(self, node: Node, **values: object) -> None:
         base = Config(node.config, name=node.name, state_dir=node.state_dir)
@@ -88,8 +107,8 @@ class Fleet:
     def write_relay_config(self, node: Node, pinned: list[Node], **values: object) -> None:
         self.write_config(
             node,
-            listen=("127.0.0.1", node.port),
-            advertise=f"127.0.0.1:{node.port}",
+            listen=node.address,
+            advertise=f"{node.host}:{node.port}",
             metrics_listen=("127.0.0.1", node.metrics_port),
             relays=self.pins(pinned),
             **(self.relay_values | values),
@@ -104,10 +123,11 @@ class Fleet:
             **(self.client_values | values),
         )
 
-    def make_node(self, name: str) -> Node:
+    def make_node(self, name: str, host: str = "127.0.0.1") -> Node:
         state = self.root / name
         state.mkdir(mode=0o700)
         node = Node(name, state, self.root / f"{name}.toml", free_udp_port(), free_tcp_port())
+        node.host = host
         self.write_config(node, metrics_listen=None)  # enough to run `keys init` with
         out = ringmesh("keys", "init", config=node.config)
         assert out.returncode == 0, out.stderr
@@ -115,8 +135,11 @@ class Fleet:
         node.did = json.loads(show.stdout)["did"]
         return node
 
-    def create(self, n_relays: int, n_clients: int, proxies: bool = False) -> None:
-        self.relays = [self.make_node(f"relay{i + 1}") for i in range(n_relays)]
+    def create(
+        self, n_relays: int, n_clients: int, proxies: bool = False, hosts: list[str] | None = None
+    ) -> None:
+        hosts = hosts or ["127.0.0.1"] * n_relays
+        self.relays = [self.make_node(f"relay{i + 1}", hosts[i]) for i in range(n_relays)]
         if proxies:
             for relay in self.relays:
                 proxy = RecordingProxy(relay.port)

@@ -98,3 +98,17 @@ def test_ed25519_to_x25519_matches_private_derivation() -> None:
             ed25519_public_to_x25519(public).public_bytes_raw()
             == ed25519_seed_to_x25519(seed).public_key().public_bytes_raw()
         )
+
+
+@pytest.mark.parametrize(
+    "public",
+    [
+        (1).to_bytes(32, "little"),  # the neutral point (y = 1): small order
+        (2**255 - 20).to_bytes(32, "little"),  # y = -1: order 2
+        (2).to_bytes(32, "little"),  # y = 2 is on no point of the curve
+        bytes(31),  # not 32 bytes
+    ],
+)
+def test_keys_libsodium_refuses_to_convert_are_did_errors(public: bytes) -> None:
+    with pytest.raises(DidError):
+        ed25519_public_to_x25519(public)

@@ -89,6 +89,8 @@ def test_10kib_message_arrives_intact_and_the_wire_shows_nothing(fleet: Fleet) -
     result = send(fleet, body)
     assert result["acked"] is True
     assert result["bytes"] == len(body)
+    # recv published the recipient's prekey bundle; send fetched it through the mixnet.
+    assert result["forward_secret"] is True
     assert finish_recv(recv) == [body]
     # The sender used the one directory that every relay serves, signed by the ring.
     assert result["directory"] == fleet.wait_directory(fleet.relays)

@@ -21,7 +21,7 @@ from ringmesh.onion import (
     peel,
     wrap_payload,
 )
-from ringmesh.replay import ReplayCache
+from ringmesh.replay import OnionReplayFilter
 from ringmesh.wire import (
     CMD_DELIVER,
     CMD_DROP,
@@ -160,7 +160,7 @@ def test_replay_tag_is_stable_per_hop() -> None:
     keys, hops = make_path(2)
     _, packet = build_packet(hops, CMD_DELIVER, bytes(16), bytes(PAYLOAD_LEN))
     shared = keys[0].exchange(X25519PublicKey.from_public_bytes(packet[:32]))
-    cache = ReplayCache(epoch=1)
+    cache = OnionReplayFilter(bytes(32), budget=100, false_positive_rate=1e-6)
     assert not cache.seen_before(derive_hop_keys(shared).tag)
     assert cache.seen_before(peel(shared, packet)[0].tag)
 
@@ -199,6 +199,18 @@ def test_random_packets_are_rejected_cleanly(data: bytes) -> None:
         return  # low-order point: the relay counts it as a bad packet
     with pytest.raises(OnionError):
         peel(shared, data)
+
+
+@settings(max_examples=50)
+@given(st.integers(min_value=0, max_value=2 * ONION_LEN).filter(lambda n: n != ONION_LEN))
+def test_a_valid_packet_cut_or_extended_is_an_onion_error(length: int) -> None:
+    # Found by fuzz/fuzz.py (target onion): a valid header with a short payload reached the
+    # payload cipher, which raised a plain ValueError.
+    keys, hops = make_path(1)
+    _, packet = build_packet(hops, CMD_DELIVER, bytes(16), bytes(PAYLOAD_LEN))
+    shared = keys[0].exchange(X25519PublicKey.from_public_bytes(packet[:32]))
+    with pytest.raises(OnionError):
+        peel(shared, (packet * 2)[:length])
 
 
 def test_fast_paths_match_the_public_api() -> None:

@@ -3,7 +3,12 @@ user taken from the node role (the scenario sets node_user: mesh)."""
 
 import testinfra
 
-from harness.verify import assert_check_mode_changes_nothing, assert_rejected, node_pid, ringmesh
+from harness.verify import (
+    assert_check_mode_changes_nothing,
+    assert_rejected,
+    assert_rotation_bumps_the_running_epoch,
+    node_pid,
+)
 
 
 def test_timer_is_enabled_daily_randomized_and_persistent(host: testinfra.host.Host) -> None:
@@ -25,14 +30,7 @@ def test_rotation_runs_as_the_node_user_of_the_node_role(host: testinfra.host.Ho
 
 
 def test_rotation_service_bumps_the_epoch_of_the_running_node(host: testinfra.host.Host) -> None:
-    pid_before = node_pid(host)
-    epoch_before = ringmesh(host, "keys", "show", "--public")["epoch"]
-
-    host.run_expect([0], "systemctl start ringmesh-rotate-keys.service")
-
-    assert ringmesh(host, "keys", "show", "--public")["epoch"] == epoch_before + 1
-    assert ringmesh(host, "status")["epoch"] == epoch_before + 1
-    assert node_pid(host) == pid_before
+    assert_rotation_bumps_the_running_epoch(host)
 
 
 def test_check_mode_changes_nothing() -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ringmesh.config import ConfigError, parse_hostport
+from ringmesh.config import ConfigError, parse_hostport, read_toml
 from ringmesh.did import DidError, public_from_did
 
 DEFAULT_CONFIG = "/etc/ringmesh/ledger.toml"
@@ -90,15 +89,7 @@ def is_loopback(host: str) -> bool:
 
 def load_config(path: str | Path) -> LedgerConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("config", f"{path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError("config", f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{path} is not valid TOML ({exc})") from None
-    return parse_config(raw, path)
+    return parse_config(read_toml(path), path)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> LedgerConfig:

@@ -9,13 +9,14 @@ import json
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .did import DidError, public_from_did
-from .keystore import Keystore, KeystoreError, public_summary
-from .reasons import Drop, dropped
+from .keystore import Keys, Keystore, KeystoreError, public_summary
+from .reasons import Drop
 from .wire import ROLE_CLIENT, ROLE_RELAY
 
 EXIT_USAGE = 2
@@ -136,6 +137,16 @@ def _client_config(config: Config) -> None:
         raise ConfigError("client.home", "is required for send and recv")
 
 
+def _client_keys(config: Config) -> Keys:
+    """A client has no daemon to rotate its keys: it starts a new epoch when the current one
+    ended, or relays would refuse its expired descriptor."""
+    store = _keystore(config)
+    keys = store.load()
+    if time.time() >= keys.current.expires:
+        keys = store.rotate()
+    return keys
+
+
 def cmd_send(args: argparse.Namespace, config: Config) -> int:
     from . import client_io
 
@@ -147,7 +158,7 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
     else:
         to, home = _recipient(args, config)
     body = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
-    keys = _keystore(config).load()
+    keys = _client_keys(config)
 
     async def go() -> int:
         shell, ready = await client_io.open_client(config, keys)
@@ -165,6 +176,7 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
                     "message_id": result.message_id.hex(),
                     "acked": result.acked,
                     "attempts": result.attempts,
+                    "forward_secret": result.forward_secret,
                 }
                 ok = result.acked
         finally:
@@ -182,7 +194,7 @@ def cmd_recv(args: argparse.Namespace, config: Config) -> int:
     from . import client_io
 
     _client_config(config)
-    keys = _keystore(config).load()
+    keys = _client_keys(config)
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -204,7 +216,7 @@ def cmd_recv(args: argparse.Namespace, config: Config) -> int:
                 }
                 for c in messages
             ]
-            rejected = shell.client.counters[dropped(Drop.BAD_FRAGMENT)]
+            rejected = shell.client.counters[Drop.BAD_FRAGMENT.counter]
             print(json.dumps({"messages": out, "rejected": rejected}))
         else:
             for c in messages:

@@ -37,6 +37,7 @@ from .descriptor import Descriptor
 from .did import (
     ed25519_public_to_x25519,
     ed25519_seed_to_x25519,
+    prekey_mailbox_id,
     reply_mailbox_id,
     user_mailbox_id,
 )
@@ -44,7 +45,8 @@ from .keystore import Keys
 from .link import Addr, HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
 from .lioness import KEY_LEN, LionessKey
 from .onion import Hop, build_header, build_packet, hop_delay_us, wrap_payload
-from .reasons import Drop, Refusal, dropped, refused
+from .prekeys import Prekey, PrekeyBundle, PrekeyError, open_sealed, seal, sealed_to
+from .reasons import Counters, Drop, HandshakeFailure, Refusal
 from .wire import (
     CMD_DELIVER,
     CMD_DROP,
@@ -57,6 +59,7 @@ from .wire import (
     MSG_MAILBOX_ITEM,
     MSG_MAILBOX_SYNC,
     MSG_ONION,
+    MSG_PREKEY,
     NODE_ID_LEN,
     PAYLOAD_LEN,
     ROLE_RELAY,
@@ -72,6 +75,7 @@ LOOP_LOST_AFTER = 2.0  # plus 20 mean hop delays: a loop not back by then marks 
 LOOP_MEMORY = 60.0  # a loop that comes back later still clears them
 SUSPECT = 2  # failure marks after which a relay is avoided even at the cost of disjointness
 MAX_PENDING_ACKS = 256
+MAX_PREKEY_REQUESTS = 64  # unanswered prekey requests remembered
 
 
 class ClientError(Exception):
@@ -160,6 +164,14 @@ class ReplyKeysUsed:
     surb_id: bytes
 
 
+@dataclass(frozen=True)
+class PrekeyFetched:
+    """A user's certified prekey bundle, from its home relay through reply blocks."""
+
+    recipient: bytes
+    bundle: PrekeyBundle
+
+
 Event = (
     Ready
     | Failed
@@ -171,6 +183,7 @@ Event = (
     | MailboxSynced
     | ReplyKeysIssued
     | ReplyKeysUsed
+    | PrekeyFetched
 )
 
 
@@ -223,6 +236,7 @@ class _Outgoing:
     attempts: int = 0
     queued: int = 0  # fragments of the current attempt still waiting for their tick
     ack_due: float | None = None  # set when the last fragment has left
+    sealed: bool = False  # body is sealed to the recipient's prekey
     paths: list[list[bytes]] = field(default_factory=list)  # the current attempt's
 
 
@@ -253,7 +267,7 @@ class Client:
         self.config = config
         self.keys = keys
         self.rng = rng or random.SystemRandom()
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counters()
         self.state = State.IDLE
         self.home: RelayEntry = next(r for r in config.relays if r.did == config.client_home)
         self.ring = frozenset(r.identity for r in config.relays)
@@ -290,6 +304,10 @@ class Client:
         self._reassembler = m.Reassembler()
         self._pending_acks: dict[bytes, list[bytes]] = {}
         self._reply_handles: dict[bytes, bytes] = {}
+        self._bundle: PrekeyBundle | None = None  # ours, published to the home relay
+        self._prekeys: dict[int, Prekey] = {}  # ours, current and in their grace
+        self._prekey_requests: dict[bytes, bytes] = {}  # request id -> recipient identity
+        self._prekey_parts: dict[bytes, dict[int, bytes]] = {}
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -306,8 +324,8 @@ class Client:
         return self.keys.current.descriptor, self.keys.current.link_key
 
     @staticmethod
-    def _accept(desc: Descriptor) -> str | None:
-        return None if desc.role == ROLE_RELAY else "not_a_relay"
+    def _accept(desc: Descriptor) -> HandshakeFailure | None:
+        return None if desc.role == ROLE_RELAY else HandshakeFailure.NOT_A_RELAY
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -326,6 +344,42 @@ class Client:
         if self.session is not None and self.session.ready:
             self.link.send(self.session, bytes([MSG_CLAIM_USER]))
 
+    def set_prekeys(self, bundle: PrekeyBundle, held: list[Prekey]) -> None:
+        """Our prekeys (the shell keeps them on disk): `bundle` is published to the home
+        relay, `held` opens what was sealed to any of them."""
+        self._bundle = bundle
+        self._prekeys = {p.prekey_id: p for p in held}
+        if self.session is not None and self.session.ready:
+            self.link.send(self.session, bytes([MSG_PREKEY]) + bundle.encode())
+
+    def fetch_prekey(self, recipient: bytes, recipient_home: bytes, now: float) -> bytes:
+        """Ask the recipient's home relay for its bundle through the mixnet: the request
+        carries two reply blocks, so the relay answers without learning who asked. Returns
+        the request id; PrekeyFetched follows."""
+        if self.state is not State.READY:
+            raise ClientError("not connected to the home relay yet")
+        me = self.home.identity
+        forward = self._route(me, recipient_home, now)
+        if forward is None:
+            raise ClientError("the directory has no relay besides the two home relays")
+        request_id = m.new_message_id()
+        blocks = b""
+        for _ in range(2):
+            back = self._route(recipient_home, me, now, avoid=frozenset(forward[1:-1]))
+            if back is None:
+                raise ClientError("the directory has no relay besides the two home relays")
+            blocks += self._issue_surb(back, self.reply_mailbox, m.SURB_PREKEY, request_id, now)
+        payload = blocks + os.urandom(PAYLOAD_LEN - len(blocks))
+        mailbox = prekey_mailbox_id(recipient)
+        _, packet = build_packet(self._hops(forward), CMD_DELIVER, mailbox, payload)
+        self._queue.append(_Queued(packet))
+        if len(self._prekey_requests) >= MAX_PREKEY_REQUESTS:  # forget the oldest unanswered
+            oldest = next(iter(self._prekey_requests))
+            del self._prekey_requests[oldest]
+            self._prekey_parts.pop(oldest, None)
+        self._prekey_requests[request_id] = recipient
+        return request_id
+
     def send_message(
         self,
         body: bytes,
@@ -334,17 +388,29 @@ class Client:
         now: float,
         timeout: float = 30.0,
         retransmit: float = 3.0,
+        bundle: PrekeyBundle | None = None,
     ) -> bytes:
         """Queue body for the user `recipient` whose mailbox is at `recipient_home`; returns
-        the message id (MessageAcked or MessageFailed follows)."""
+        the message id (MessageAcked or MessageFailed follows). With the recipient's prekey
+        `bundle` (fetch_prekey), the body is sealed to it: forward secret end to end."""
         if self.state is not State.READY:
             raise ClientError("not connected to the home relay yet")
         if recipient_home not in self._relays:
             raise ClientError("the recipient's home relay is not in the directory")
         if len(body) > m.MAX_MESSAGE:
             raise ClientError(f"a message holds at most {m.MAX_MESSAGE} bytes")
+        if bundle is not None:
+            if bundle.identity != recipient:
+                raise ClientError("the prekey bundle belongs to another user")
+            body = seal(bundle, body)
         message = _Outgoing(
-            m.new_message_id(), body, recipient, recipient_home, now + timeout, retransmit
+            m.new_message_id(),
+            body,
+            recipient,
+            recipient_home,
+            now + timeout,
+            retransmit,
+            sealed=bundle is not None,
         )
         self._start_attempt(message, now)
         self._outgoing[message.message_id] = message
@@ -427,6 +493,8 @@ class Client:
             return
         self.session = session
         self.link.send(session, bytes([MSG_CLAIM_REPLY]) + self._token)
+        if self._bundle is not None:
+            self.link.send(session, bytes([MSG_PREKEY]) + self._bundle.encode())
         if self._receiving:
             self.link.send(session, bytes([MSG_CLAIM_USER]))
         if self.directory is not None and self.directory.epoch >= directory.epoch_at(now) - 1:
@@ -448,18 +516,18 @@ class Client:
         try:
             raw = self._assembler.add(body)
         except CodecError:
-            self.counters[refused(Refusal.MALFORMED)] += 1
+            self.counters[Refusal.MALFORMED.counter] += 1
             return
         if not raw:  # incomplete, or the relay has nothing signed by a majority yet
             return
         try:
             fresh = directory.verify(raw, self.ring, now)
         except directory.DirectoryError as exc:
-            self.counters[refused(exc.reason)] += 1
+            self.counters[exc.reason.counter] += 1
             self._directory_refusal = str(exc)
             return
         if self.home.identity not in {d.identity for d in fresh.descriptors}:
-            self.counters[refused(Refusal.NO_HOME)] += 1
+            self.counters[Refusal.NO_HOME.counter] += 1
             self._directory_refusal = "directory refused: it does not list the home relay"
             return
         self.directory = fresh
@@ -611,7 +679,7 @@ class Client:
                 SUSPECT,
             )
         except m.PathError:
-            self.counters[dropped(Drop.NO_PATH)] += 1
+            self.counters[Drop.NO_PATH.counter] += 1
             return None
 
     def _hops(self, path: list[bytes]) -> list[Hop]:
@@ -659,7 +727,7 @@ class Client:
         reply_block = self._issue_surb(reply_path, self.user_mailbox, m.SURB_REPLY, mid, now)
         recipient_x = ed25519_public_to_x25519(message.recipient)
         mailbox = user_mailbox_id(message.recipient)
-        plains = m.split_message(mid, message.body, ack_block, reply_block)
+        plains = m.split_message(mid, message.body, ack_block, reply_block, message.sealed)
         for plain in plains:
             _, packet = build_packet(
                 self._hops(forward), CMD_DELIVER, mailbox, m.seal(recipient_x, plain)
@@ -703,11 +771,11 @@ class Client:
 
     def _on_item(self, mailbox_id: bytes, surb_id: bytes, payload: bytes, now: float) -> None:
         if len(payload) != PAYLOAD_LEN:
-            self.counters[dropped(Drop.UNEXPECTED_ITEM)] += 1
+            self.counters[Drop.UNEXPECTED_ITEM.counter] += 1
             return
         keys = self._surbs.get(surb_id)
         if keys is not None:
-            self._on_surb_payload(surb_id, keys, payload)
+            self._on_surb_payload(surb_id, keys, payload, now)
         elif mailbox_id == self.reply_mailbox and surb_id in self._loops:
             loop = self._loops.pop(surb_id)
             for relay in loop.mixes:
@@ -716,13 +784,13 @@ class Client:
         elif mailbox_id == self.user_mailbox:
             self._on_fragment(payload, now)
         else:
-            self.counters[dropped(Drop.UNEXPECTED_ITEM)] += 1
+            self.counters[Drop.UNEXPECTED_ITEM.counter] += 1
 
-    def _on_surb_payload(self, surb_id: bytes, keys: SurbKeys, payload: bytes) -> None:
+    def _on_surb_payload(self, surb_id: bytes, keys: SurbKeys, payload: bytes, now: float) -> None:
         try:
             kind, body = m.open_surb_payload(keys.key, wrap_payload(keys.payload_keys, payload))
         except m.EnvelopeError:
-            self.counters[dropped(Drop.BAD_REPLY)] += 1  # changed on the way: tagging, or noise
+            self.counters[Drop.BAD_REPLY.counter] += 1  # changed on the way: tagging, or noise
             return
         del self._surbs[surb_id]  # single use
         if kind == m.SURB_ACK and keys.purpose == m.SURB_ACK and body == keys.message_id:
@@ -730,17 +798,19 @@ class Client:
             if message is not None:
                 self._queue = deque(q for q in self._queue if q.message_id != keys.message_id)
                 self._events.append(MessageAcked(keys.message_id, message.attempts))
+        elif kind == m.SURB_PREKEY and keys.purpose == m.SURB_PREKEY and body:
+            self._on_prekey_part(keys.message_id, body, now)
         elif kind == m.SURB_REPLY and keys.purpose == m.SURB_REPLY:
             self._events.append(ReplyReceived(keys.message_id, body))
             self._events.append(ReplyKeysUsed(surb_id))
         else:
-            self.counters[dropped(Drop.BAD_REPLY)] += 1
+            self.counters[Drop.BAD_REPLY.counter] += 1
 
     def _on_fragment(self, payload: bytes, now: float) -> None:
         try:
             frag = m.parse_fragment(m.open_envelope(self._x_key, payload))
         except m.EnvelopeError:
-            self.counters[dropped(Drop.BAD_FRAGMENT)] += 1
+            self.counters[Drop.BAD_FRAGMENT.counter] += 1
             return
         mid = frag.message_id
         if frag.ack_block is not None and frag.reply_block is not None:
@@ -749,11 +819,42 @@ class Client:
             self._reply_handles.setdefault(mid, frag.reply_block)
         complete = self._reassembler.add(frag, now)
         if complete is not None:
+            body: bytes | None = complete.body
+            if complete.sealed:
+                body = self._open_sealed(complete.body)
             handle = self._reply_handles.pop(mid, b"")
-            self._events.append(MessageReceived(mid, complete.body, handle))
+            if body is None:  # sealed to a prekey destroyed or never ours: no ack
+                self.counters[Drop.SEALED_UNOPENED.counter] += 1
+                return
+            self._events.append(MessageReceived(mid, body, handle))
             self._ack(mid, now)
         elif mid in self._reassembler.done:
             self._ack(mid, now)  # a retransmission: its ack may have been lost
+
+    def _open_sealed(self, sealed: bytes) -> bytes | None:
+        try:
+            prekey = self._prekeys.get(sealed_to(sealed))
+            return (
+                None if prekey is None else open_sealed(prekey, self.keys.identity_public, sealed)
+            )
+        except PrekeyError:
+            return None
+
+    def _on_prekey_part(self, request_id: bytes, body: bytes, now: float) -> None:
+        recipient = self._prekey_requests.get(request_id)
+        if recipient is None or body[0] > 1:
+            return
+        parts = self._prekey_parts.setdefault(request_id, {})
+        parts[body[0]] = body[1:]
+        if len(parts) < 2:
+            return
+        del self._prekey_requests[request_id], self._prekey_parts[request_id]
+        try:
+            bundle = PrekeyBundle.decode(parts[0] + parts[1], recipient, now)
+        except PrekeyError:
+            self.counters[Drop.BAD_PREKEY.counter] += 1
+            return
+        self._events.append(PrekeyFetched(recipient, bundle))
 
     def _ack(self, message_id: bytes, now: float) -> None:
         for raw in self._pending_acks.pop(message_id, []):

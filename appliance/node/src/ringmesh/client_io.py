@@ -1,5 +1,5 @@
 """The asyncio shell around the sans-I/O Client: a UDP socket, one timer, and the reply keys
-kept between runs. Every protocol decision is in client.py."""
+and end-to-end prekeys kept between runs. Every protocol decision is in client.py."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .client import (
     MessageAcked,
     MessageFailed,
     MessageReceived,
+    PrekeyFetched,
     Ready,
     ReplyKeysIssued,
     ReplyKeysUsed,
@@ -34,17 +35,22 @@ from .client import (
 )
 from .config import Config
 from .keystore import Keys
+from .prekeys import PrekeyBundle, PrekeyStore
 
 DRAIN_LIMIT = 5.0  # seconds to let queued acks and replies leave before closing
+# End-to-end prekeys: a new one each week, the replaced one kept a day for messages on their
+# way (or held by the home relay while the user is offline), then destroyed.
+PREKEY_LIFETIME = 7 * 86400
+PREKEY_GRACE = 86400
+PREKEY_WAIT = 5.0  # seconds a sender waits for the recipient's bundle before sending without
 
 
-class ReplyKeyStore:
-    """<state_dir>/reply-keys.json (0600): the keys of reply blocks this user handed out, so
-    a later `ringmesh recv` can read the replies. Each is deleted once used or expired."""
+class _RecordFile:
+    """A small JSON object file (0600) that concurrent `ringmesh` commands share, under a lock."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "reply-keys.json"
-        self._lock = Path(state_dir) / ".reply-keys.lock"
+    def __init__(self, state_dir: Path, name: str) -> None:
+        self.path = Path(state_dir) / f"{name}.json"
+        self._lock = Path(state_dir) / f".{name}.lock"
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, str]]:
@@ -65,6 +71,37 @@ class ReplyKeyStore:
                 os.replace(tmp, self.path)
         finally:
             os.close(fd)
+
+
+class BundleCache(_RecordFile):
+    """<state_dir>/prekey-bundles.json: recipients' certified prekey bundles (public), used
+    again until they expire, so a sender fetches each once a week rather than per message."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir, "prekey-bundles")
+
+    def get(self, recipient: bytes, now: float) -> PrekeyBundle | None:
+        with self._locked() as records:
+            raw = records.get(recipient.hex())
+            if raw is None:
+                return None
+            try:
+                return PrekeyBundle.decode(bytes.fromhex(raw), recipient, now)
+            except ValueError:  # expired or damaged: fetch a new one
+                del records[recipient.hex()]
+                return None
+
+    def put(self, bundle: PrekeyBundle) -> None:
+        with self._locked() as records:
+            records[bundle.identity.hex()] = bundle.encode().hex()
+
+
+class ReplyKeyStore(_RecordFile):
+    """<state_dir>/reply-keys.json (0600): the keys of reply blocks this user handed out, so
+    a later `ringmesh recv` can read the replies. Each is deleted once used or expired."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir, "reply-keys")
 
     def load(self, now: float) -> dict[bytes, bytes]:
         with self._locked() as records:
@@ -192,6 +229,8 @@ async def open_client(
 ) -> tuple[ClientShell, Ready]:
     store = ReplyKeyStore(config.state_dir)
     client = Client(config, keys, reply_keys=store.load(time.time()))
+    prekeys = PrekeyStore(config.state_dir / "keys", keys.identity, PREKEY_LIFETIME, PREKEY_GRACE)
+    client.set_prekeys(prekeys.maintain(time.time()), prekeys.held())
     if receive:
         client.receive_messages()
     shell = ClientShell(client, store)
@@ -208,6 +247,23 @@ class SendResult:
     message_id: bytes
     acked: bool
     attempts: int
+    forward_secret: bool  # sealed to the recipient's prekey
+
+
+async def fetch_prekey(
+    shell: ClientShell, recipient: bytes, recipient_home: bytes, wait: float
+) -> PrekeyBundle | None:
+    """The recipient's bundle through the mixnet, or None when none came within `wait`."""
+    shell.client.fetch_prekey(recipient, recipient_home, time.time())
+    shell.flush()
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        event = await shell.next_event(left)
+        if isinstance(event, PrekeyFetched) and event.recipient == recipient:
+            return event.bundle
+        if isinstance(event, Failed):
+            raise ClientError(event.reason)
+    return None
 
 
 async def send_message(
@@ -219,20 +275,27 @@ async def send_message(
     retransmit: float,
 ) -> SendResult:
     client = shell.client
+    cache = BundleCache(client.config.state_dir)
+    bundle = cache.get(recipient, time.time())
+    if bundle is None:
+        bundle = await fetch_prekey(shell, recipient, recipient_home, min(PREKEY_WAIT, timeout))
+        if bundle is not None:
+            cache.put(bundle)
     message_id = client.send_message(
-        body, recipient, recipient_home, time.time(), timeout, retransmit
+        body, recipient, recipient_home, time.time(), timeout, retransmit, bundle
     )
+    sealed = bundle is not None
     shell.flush()
     deadline = time.monotonic() + timeout + 1.0
     while (left := deadline - time.monotonic()) > 0:
         event = await shell.next_event(left)
         if isinstance(event, MessageAcked) and event.message_id == message_id:
-            return SendResult(message_id, True, event.attempts)
+            return SendResult(message_id, True, event.attempts, sealed)
         if isinstance(event, MessageFailed) and event.message_id == message_id:
-            return SendResult(message_id, False, event.attempts)
+            return SendResult(message_id, False, event.attempts, sealed)
         if isinstance(event, Failed):
             raise ClientError(event.reason)
-    return SendResult(message_id, False, 0)
+    return SendResult(message_id, False, 0, sealed)
 
 
 async def send_reply(shell: ClientShell, handle: bytes, body: bytes, timeout: float) -> bool:

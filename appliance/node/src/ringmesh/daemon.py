@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .keystore import Keystore, KeystoreError
+from .keystore import EpochKeys, Keystore, KeystoreError
 from .metrics import serve_metrics
-from .reasons import Drop, dropped
+from .reasons import Drop
 from .relay import Relay
+from .replay import OnionReplayFilter
 from .wire import ROLE_RELAY
 
 log = logging.getLogger("ringmesh")
@@ -36,7 +37,7 @@ class Daemon:
             config.state_dir, ROLE_RELAY, config.epoch_seconds, config.grace_seconds
         )
         self.keys = self.keystore.load()
-        self.relay = Relay(config, self.keys, time.time())
+        self.relay = Relay(config, self.keys, time.time(), replay_filter=self._open_replay_filter)
         self.sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -56,12 +57,12 @@ class Daemon:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ICMP errors from unreachable peers surface here
-                self.relay.counters[dropped(Drop.SOCKET_ERROR)] += 1
+                self.relay.counters[Drop.SOCKET_ERROR.counter] += 1
                 continue
             try:
                 receive(data, addr[:2], now)
             except Exception as exc:  # a bug must not stop the relay; log no packet data
-                self.relay.counters[dropped(Drop.INTERNAL_ERROR)] += 1
+                self.relay.counters[Drop.INTERNAL_ERROR.counter] += 1
                 log.error("internal error handling a datagram: %s", type(exc).__name__)
         self.flush()
 
@@ -73,7 +74,7 @@ class Daemon:
                 try:
                     sendto(datagram, addr)
                 except OSError:  # full send buffer or unreachable: UDP may drop
-                    self.relay.counters[dropped(Drop.SEND_FAILED)] += 1
+                    self.relay.counters[Drop.SEND_FAILED.counter] += 1
         due = self.relay.next_timer()
         if due < self._timer_at:
             self._schedule(due)
@@ -92,9 +93,37 @@ class Daemon:
         try:
             self.relay.handle_timer(time.time())
         except Exception as exc:  # keep the timer chain alive; log no packet data
-            self.relay.counters[dropped(Drop.INTERNAL_ERROR)] += 1
+            self.relay.counters[Drop.INTERNAL_ERROR.counter] += 1
             log.error("internal error in the relay timer: %s", type(exc).__name__)
         self.flush()
+
+    # --- replay filters ------------------------------------------------------------------------
+
+    def _open_replay_filter(self, ep: EpochKeys) -> OnionReplayFilter:
+        return self.keystore.open_replay_filter(
+            ep, self.config.replay_budget, self.config.replay_false_positive_rate
+        )
+
+    def save_replay_filters(self) -> None:
+        """Write every changed filter beside its epoch's keys (periodically and at shutdown)."""
+        for key in self.relay.onion_keys:
+            if not key.replay.dirty:
+                continue
+            try:
+                self.keystore.save_replay_filter(key.epoch, key.replay)
+            except OSError as exc:
+                log.error("saving the replay filter of epoch %d: %s", key.epoch, exc.strerror)
+
+    async def _save_replay_filters(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.sleep(self.config.replay_save_seconds)
+            self.save_replay_filters()
+
+    def _replay_budget_spent(self) -> bool:
+        """The current epoch recorded its packet budget and no older epoch is held: starting a
+        new epoch now keeps every filter within its false-positive rate and at most two
+        filters in memory."""
+        return len(self.relay.onion_keys) == 1 and self.relay.onion_keys[0].replay.full
 
     # --- reload / rotation -------------------------------------------------------------------
 
@@ -109,11 +138,12 @@ class Daemon:
             log.error("reload: keeping the old peer list: %s", exc)
         try:
             self.keystore.prune(now)
-            self.keys = self.keystore.load(now)
+            keys = self.keystore.load(now)
+            self.relay.update_keys(keys, now)
+            self.keys = keys
         except KeystoreError as exc:
             log.error("reload: keeping the old keys: %s", exc)
             return {"ok": False, "error": str(exc)}
-        self.relay.update_keys(self.keys, now)
         self.flush()
         log.info(
             "reloaded: epoch %d, %d pinned peers",
@@ -128,7 +158,12 @@ class Daemon:
             await asyncio.sleep(ROTATE_CHECK_EVERY)
             now = time.time()
             try:
-                if now >= self.keys.current.expires:
+                if now >= self.keys.current.expires or self._replay_budget_spent():
+                    if now < self.keys.current.expires:
+                        log.info(
+                            "epoch %d used its replay budget: rotating early",
+                            self.keys.current.epoch,
+                        )
                     self.keystore.rotate(now)
                     self.reload()
                 elif len(self.keys.epochs) > 1 and self.keystore.prune(now):
@@ -159,6 +194,17 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         out = self.relay.status(time.time())
         out["pid"] = os.getpid()
+        out["half_open"] = self.relay.link.half_open()
+        out["client_sessions"] = self.relay.link.admission.client_sessions
+        out["replay_filters"] = [
+            {
+                "epoch": key.epoch,
+                "packets": key.replay.count,
+                "budget": key.replay.budget,
+                "bytes": key.replay.size_bytes,
+            }
+            for key in self.relay.onion_keys
+        ]
         out["ok"] = True
         return out
 
@@ -190,6 +236,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         schedule = asyncio.create_task(self._key_schedule())
+        saver = asyncio.create_task(self._save_replay_filters())
         gc.freeze()  # start-up objects leave the collector's young generations
         self._on_timer()
         log.info(
@@ -205,6 +252,8 @@ class Daemon:
         finally:
             log.info("stopping")
             schedule.cancel()
+            saver.cancel()
+            self.save_replay_filters()
             if self._timer is not None:
                 self._timer.cancel()
             server.close()

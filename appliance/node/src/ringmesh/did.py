@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import nacl.bindings
+import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -11,7 +13,6 @@ from .base58 import b58decode, b58encode
 
 ED25519_MULTICODEC = b"\xed\x01"
 DID_PREFIX = "did:key:z"
-_P = 2**255 - 19
 
 
 class DidError(ValueError):
@@ -51,6 +52,11 @@ def user_mailbox_id(identity_public: bytes) -> bytes:
     return hashlib.sha256(b"ringmesh-mailbox" + identity_public).digest()[:16]
 
 
+def prekey_mailbox_id(identity_public: bytes) -> bytes:
+    """16-byte id a sender delivers a prekey request to, at the user's home relay."""
+    return hashlib.sha256(b"ringmesh-prekeys" + identity_public).digest()[:16]
+
+
 def reply_mailbox_id(token: bytes) -> bytes:
     """16-byte id of a one-off reply mailbox, claimable by whoever knows the token."""
     return hashlib.sha256(b"ringmesh-reply" + token).digest()[:16]
@@ -61,17 +67,22 @@ def fingerprint(public_raw: bytes) -> str:
 
 
 def ed25519_public_to_x25519(public_raw: bytes) -> X25519PublicKey:
-    """Birational map Edwards y -> Montgomery u = (1 + y) / (1 - y) (RFC 7748 section 4.1)."""
+    """libsodium's map (crypto_sign_ed25519_pk_to_curve25519): Edwards y -> Montgomery
+    u = (1 + y) / (1 - y) (RFC 7748 section 4.1), refusing points off the curve or of small
+    order."""
     if len(public_raw) != 32:
         raise DidError("Ed25519 public key must be 32 bytes")
-    y = int.from_bytes(public_raw, "little") & ((1 << 255) - 1)
-    if y >= _P or y == 1:
-        raise DidError("Ed25519 public key cannot be converted")
-    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
-    return X25519PublicKey.from_public_bytes(u.to_bytes(32, "little"))
+    try:
+        u = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_raw)
+    except nacl.exceptions.CryptoError:
+        raise DidError("Ed25519 public key cannot be converted") from None
+    return X25519PublicKey.from_public_bytes(u)
 
 
 def ed25519_seed_to_x25519(seed: bytes) -> X25519PrivateKey:
-    """The X25519 key whose public half is ed25519_public_to_x25519 of the seed's public key."""
-    # cryptography clamps the scalar itself, as RFC 8032 does for Ed25519.
-    return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+    """The X25519 key whose public half is ed25519_public_to_x25519 of the seed's public key
+    (libsodium's crypto_sign_ed25519_sk_to_curve25519)."""
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return X25519PrivateKey.from_private_bytes(
+        nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(seed + public)
+    )

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
+from .reasons import HandshakeFailure
 from .wire import DATAGRAM_SIZE, DG_HS_COOKIE, DG_HS_FINISH, DG_HS_INIT, DG_HS_RESP, SID_LEN
 
 COOKIE_LEN = 16
@@ -46,9 +47,9 @@ assert max(INIT_LEN, RESP_LEN, FINISH_LEN) <= DATAGRAM_SIZE
 
 
 class HandshakeError(ValueError):
-    """A handshake message is malformed or does not authenticate. `reason` is a metric label."""
+    """A handshake message is malformed or does not authenticate."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: HandshakeFailure) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -59,7 +60,7 @@ def pad(message: bytes) -> bytes:
 
 def _check_size(datagram: bytes, kind: int) -> None:
     if len(datagram) != DATAGRAM_SIZE or datagram[0] != kind:
-        raise HandshakeError("malformed")
+        raise HandshakeError(HandshakeFailure.MALFORMED)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKe
         r_x = X25519PrivateKey.generate()
         x_ss = r_x.exchange(i_x_key)
     except ValueError:
-        raise HandshakeError("bad_key") from None
+        raise HandshakeError(HandshakeFailure.BAD_KEY) from None
     r_sid = os.urandom(SID_LEN)
     r_desc = descriptor.encode()
     th = hashlib.sha256(
@@ -184,7 +185,7 @@ def _verify_descriptor(raw: bytes, now: float) -> Descriptor:
         desc = Descriptor.decode(raw)
         desc.check_valid(now)
     except DescriptorError:
-        raise HandshakeError("bad_descriptor") from None
+        raise HandshakeError(HandshakeFailure.BAD_DESCRIPTOR) from None
     return desc
 
 
@@ -192,7 +193,7 @@ def _verify_sig(desc: Descriptor, sig: bytes, message: bytes) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(desc.link_public).verify(sig, message)
     except (InvalidSignature, ValueError):
-        raise HandshakeError("bad_signature") from None
+        raise HandshakeError(HandshakeFailure.BAD_SIGNATURE) from None
 
 
 def resp_sid(datagram: bytes) -> bytes:
@@ -222,7 +223,7 @@ def complete(
     o += DESCRIPTOR_LEN
     r_sig = datagram[o : o + SIG_LEN]
     if i_sid != state.sid:
-        raise HandshakeError("unexpected")
+        raise HandshakeError(HandshakeFailure.UNEXPECTED)
     r_desc = _verify_descriptor(r_desc_raw, now)
     th = hashlib.sha256(b"ringmesh-hs-v1" + state.body + r_sid + r_x + kem_ct + r_desc_raw).digest()
     _verify_sig(r_desc, r_sig, b"resp" + th)
@@ -230,7 +231,7 @@ def complete(
         x_ss = state.x25519.exchange(X25519PublicKey.from_public_bytes(r_x))
         kem_ss = state.mlkem.decapsulate(kem_ct)
     except ValueError:
-        raise HandshakeError("bad_key") from None
+        raise HandshakeError(HandshakeFailure.BAD_KEY) from None
     keys = _derive(x_ss, kem_ss, th)
     th2 = hashlib.sha256(th + r_sig).digest()
     plain = my_descriptor.encode() + my_link_key.sign(b"finish" + th2)
@@ -253,7 +254,7 @@ def verify_finish(datagram: bytes, keys: SessionKeys, th2: bytes, now: float) ->
     try:
         plain = AESGCM(keys.i2r).decrypt(bytes(12), datagram[1 + SID_LEN : FINISH_LEN], header)
     except InvalidTag:
-        raise HandshakeError("bad_finish") from None
+        raise HandshakeError(HandshakeFailure.BAD_FINISH) from None
     desc = _verify_descriptor(plain[:DESCRIPTOR_LEN], now)
     _verify_sig(desc, plain[DESCRIPTOR_LEN:], b"finish" + th2)
     return desc

@@ -3,7 +3,14 @@
 <state_dir>/keys/            0700, owned by the running user
     identity.key             0600, 32-byte Ed25519 seed
     epoch-00000001.json      0600, one epoch's link and onion private keys
+    epoch-00000001.retired   0600, when that epoch was rotated out (no secret)
+    epoch-00000001.replay    0600, that epoch's onion replay filter (keyed hashes, no secret)
     .lock                    0600, serialises rotate / prune between CLI and daemon
+
+A file holding a private key is written once and never replaced: renaming a new version over
+it would free the old inode's blocks with the key still in them. It is created under a
+temporary name and hard-linked to its final name (which fails rather than replaces), and it
+is destroyed by overwriting it in place, syncing, then unlinking.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .descriptor import Descriptor
 from .did import did_from_public, fingerprint
+from .replay import OnionReplayFilter, ReplayFilterError, epoch_filter_key
 
 
 class KeystoreError(Exception):
@@ -63,31 +71,82 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_private(path: Path, data: bytes) -> None:
+    """Write a new private file; refuses to replace an existing one."""
     tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    if tmp.exists():  # left by a crash mid-write: it may hold key bytes
+        _destroy(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+    try:
+        os.link(tmp, path)  # unlike rename, never replaces (and frees) an existing file
+    except FileExistsError:
+        _destroy(tmp)
+        raise KeystoreError(f"{path} already exists; refusing to replace a key file") from None
+    tmp.unlink()  # the inode lives on under `path`: nothing is freed
+    _fsync_dir(path.parent)
+
+
+def _write_atomic(path: Path, *chunks: bytes | memoryview) -> None:
+    """Replace a file that holds no secret (tmp + rename): readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(fd)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked_dir(directory: Path) -> Iterator[None]:
+    """Exclusive use of a key directory among processes (a daemon, `send`, `recv`, timers)."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _destroy(path: Path) -> None:
-    """Overwrite then unlink (best effort on journaling / copy-on-write filesystems)."""
-    with contextlib.suppress(OSError):
-        size = path.stat().st_size
+    """Overwrite in place, sync, then unlink.
+
+    In place means the same blocks on file systems that update in place (ext4 and XFS in their
+    default modes); copy-on-write file systems (btrfs, ZFS) and SSD wear levelling may keep old
+    copies that no file-level erasure reaches.
+    """
+    try:
         fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, bytes(size))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        written = 0
+        while written < size:
+            written += os.write(fd, bytes(min(size - written, 1 << 20)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    _fsync_dir(path.parent)
 
 
 class Keystore:
@@ -120,14 +179,8 @@ class Keystore:
         for path in self.dir.iterdir():
             self._check_mode(path, 0o600)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked_dir(self.dir)
 
     # --- commands ----------------------------------------------------------------------------
 
@@ -142,7 +195,7 @@ class Keystore:
         self.check_permissions()
         with self.locked():
             if not (self.dir / "identity.key").exists():
-                _write_private(self.dir / "identity.key", os.urandom(32))
+                _create_private(self.dir / "identity.key", os.urandom(32))
                 created = True
             if not self._epoch_files():
                 self._new_epoch(1, int(now))
@@ -173,7 +226,7 @@ class Keystore:
         with self.locked():
             keys = self.load(now)
             current = keys.current
-            self._write_epoch(current, retired_at=int(now))
+            _write_atomic(self._retired_path(current.epoch), str(int(now)).encode())
             self._new_epoch(current.epoch + 1, int(now))
             self._prune_locked(now)
         return self.load(now)
@@ -182,6 +235,35 @@ class Keystore:
         now = time.time() if now is None else now
         with self.locked():
             return self._prune_locked(now)
+
+    # --- onion replay filters, persisted with their epoch -----------------------------------
+
+    def open_replay_filter(
+        self, ep: EpochKeys, budget: int, false_positive_rate: float
+    ) -> OnionReplayFilter:
+        """The epoch's filter as last saved, or a new one sized for `budget` packets."""
+        path = self._replay_path(ep.epoch)
+        key = epoch_filter_key(ep.onion_key)
+        try:
+            with path.open("rb") as f:
+                return OnionReplayFilter.read_from(f, key)
+        except FileNotFoundError:
+            return OnionReplayFilter(key, budget, false_positive_rate)
+        except ReplayFilterError as exc:
+            raise KeystoreError(
+                f"{path}: unusable replay filter ({exc}); deleting it starts the epoch with an "
+                "empty filter, so packets it recorded could be replayed"
+            ) from None
+
+    def save_replay_filter(self, epoch: int, replay: OnionReplayFilter) -> bool:
+        """Write the filter atomically beside its epoch's keys; False once the epoch is gone
+        (a filter never outlives its key)."""
+        with self.locked():
+            if not self._epoch_path(epoch).exists():
+                return False
+            _write_atomic(self._replay_path(epoch), replay.header(), replay.bits)
+            replay.dirty = False
+            return True
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -194,43 +276,59 @@ class Keystore:
         for ep in keys.epochs[1:]:
             retired = ep.retired_at if ep.retired_at is not None else ep.expires
             if now >= retired + self.grace_seconds:
-                _destroy(self._epoch_path(ep.epoch))
+                self._destroy_epoch(ep.epoch)
                 destroyed.append(ep.epoch)
+        self._destroy_leftovers()
         return destroyed
+
+    def _destroy_epoch(self, epoch: int) -> None:
+        _destroy(self._epoch_path(epoch))
+        for path in self._epoch_companions(epoch):
+            _destroy(path)
+
+    def _epoch_companions(self, epoch: int) -> list[Path]:
+        """Files that live and die with an epoch's key file."""
+        return [self._retired_path(epoch), self._replay_path(epoch)]
+
+    def _destroy_leftovers(self) -> None:
+        """Temporary files of an interrupted write, companions of epochs already destroyed."""
+        for tmp in self.dir.glob("*.tmp"):
+            _destroy(tmp)
+        live = {path.name.split(".")[0] for path in self._epoch_files()}
+        for path in self.dir.glob("epoch-*.*"):
+            if path.name.split(".")[0] not in live:
+                _destroy(path)
 
     def _epoch_path(self, epoch: int) -> Path:
         return self.dir / f"epoch-{epoch:08d}.json"
+
+    def _retired_path(self, epoch: int) -> Path:
+        return self.dir / f"epoch-{epoch:08d}.retired"
+
+    def _replay_path(self, epoch: int) -> Path:
+        return self.dir / f"epoch-{epoch:08d}.replay"
 
     def _new_epoch(self, epoch: int, now: int) -> None:
         record = {
             "epoch": epoch,
             "created": now,
             "expires": now + self.epoch_seconds,
-            "retired_at": None,
             "link_seed": os.urandom(32).hex(),
             "onion_key": X25519PrivateKey.generate().private_bytes_raw().hex(),
         }
-        _write_private(self._epoch_path(epoch), json.dumps(record).encode())
-
-    def _write_epoch(self, ep: EpochKeys, retired_at: int | None) -> None:
-        record = {
-            "epoch": ep.epoch,
-            "created": ep.created,
-            "expires": ep.expires,
-            "retired_at": retired_at,
-            "link_seed": ep.link_key.private_bytes_raw().hex(),
-            "onion_key": ep.onion_key.private_bytes_raw().hex(),
-        }
-        _write_private(self._epoch_path(ep.epoch), json.dumps(record).encode())
+        _create_private(self._epoch_path(epoch), json.dumps(record).encode())
 
     def _epoch_from_record(
         self, identity: Ed25519PrivateKey, record: dict[str, object]
     ) -> EpochKeys:
-        epoch = int(str(record["epoch"]))
-        created = int(str(record["created"]))
-        expires = int(str(record["expires"]))
-        retired = record.get("retired_at")
-        retired_at = None if retired is None else int(str(retired))
+        epoch = _bounded(record["epoch"], "epoch", 1, _MAX_EPOCH)
+        created = _bounded(record["created"], "created", 0, _MAX_TIME)
+        expires = _bounded(record["expires"], "expires", 0, _MAX_TIME - self.grace_seconds)
+        retired = record.get("retired_at")  # where earlier keystores kept it
+        marker = self._retired_path(epoch)
+        if marker.exists():
+            retired = marker.read_text().strip()
+        retired_at = None if retired is None else _bounded(retired, "retired_at", 0, _MAX_TIME)
         link_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["link_seed"])))
         onion_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["onion_key"])))
         descriptor = Descriptor.sign(
@@ -243,6 +341,18 @@ class Keystore:
             onion_public=onion_key.public_key().public_bytes_raw(),
         )
         return EpochKeys(epoch, created, expires, retired_at, link_key, onion_key, descriptor)
+
+
+# What a descriptor can carry (epoch u32, times u64; times kept below 2^62 for headroom).
+_MAX_EPOCH = (1 << 32) - 1
+_MAX_TIME = 1 << 62
+
+
+def _bounded(value: object, name: str, low: int, high: int) -> int:
+    number = int(str(value))
+    if not low <= number <= high:
+        raise ValueError(f"{name} {number} is outside {low}..{high}")
+    return number
 
 
 def public_summary(keys: Keys) -> dict[str, object]:

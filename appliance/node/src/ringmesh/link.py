@@ -6,6 +6,7 @@ LinkEndpoint takes (datagram, addr, now) and produces datagrams in `outbox`, eve
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from collections import Counter
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import handshake as hs
+from .admission import Admission, LinkLimits, source_of
 from .descriptor import Descriptor
+from .reasons import Counters, Drop, HandshakeFailure
 from .replay import ReplayWindow
 from .wire import (
     DATA_HEADER_LEN,
@@ -29,13 +32,14 @@ from .wire import (
     DG_HS_RESP,
     LINK_PLAINTEXT_LEN,
     MSG_READY,
+    ROLE_RELAY,
     SID_LEN,
 )
 
 Addr = tuple[str, int]
 Credentials = Callable[[], tuple[Descriptor, Ed25519PrivateKey]]
-# Returns None to accept a peer, or a failure reason (metric label) to refuse it.
-AcceptPolicy = Callable[[Descriptor], str | None]
+# Returns None to accept a peer, or the reason to refuse it.
+AcceptPolicy = Callable[[Descriptor], HandshakeFailure | None]
 
 HANDSHAKE_RETRY = 1.0
 HANDSHAKE_TRIES = 4
@@ -43,9 +47,6 @@ RESPONDER_PENDING_TTL = 10.0
 COOKIE_ROTATE = 120.0
 IDLE_TIMEOUT = 60.0
 MAX_QUEUED = 512
-MAX_PENDING_PER_ADDR = 8
-MAX_RESPONDING = 4096  # half-open handshakes held at once
-MAX_SESSIONS = 65536
 _COUNTER = struct.Struct("!Q")
 _NONCE_PREFIX = bytes(4)
 
@@ -57,6 +58,7 @@ def _addr_key(addr: Addr) -> str:
 class Session:
     __slots__ = (
         "addr",
+        "client",
         "created",
         "initiator",
         "last_recv",
@@ -69,6 +71,7 @@ class Session:
         "remote_sid",
         "send_aead",
         "send_counter",
+        "source",
         "window",
     )
 
@@ -98,6 +101,8 @@ class Session:
         self.last_recv = now
         self.last_send = now
         self.queue: list[bytes] = []
+        self.source = source_of(addr)  # what the per-source limits counted it under
+        self.client = False  # takes one of the session slots open to clients
 
     @property
     def peer_identity(self) -> bytes:
@@ -124,6 +129,10 @@ class _Responding:
     response: hs.Response
     expires: float
 
+    @property
+    def source(self) -> str:
+        return source_of(self.addr)
+
 
 @dataclass(frozen=True)
 class SessionUp:
@@ -139,7 +148,7 @@ class SessionDown:
 class HandshakeFailed:
     addr: Addr
     expected: bytes | None
-    reason: str
+    reason: HandshakeFailure
 
 
 Event = SessionUp | SessionDown | HandshakeFailed
@@ -151,10 +160,12 @@ class LinkEndpoint:
         credentials: Credentials,
         accept: AcceptPolicy,
         counters: Counter[str] | None = None,
+        limits: LinkLimits | None = None,
     ) -> None:
         self.credentials = credentials
         self.accept = accept
-        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.counters: Counter[str] = counters if counters is not None else Counters()
+        self.admission = Admission(limits or LinkLimits())
         self.sessions: dict[bytes, Session] = {}
         self.outbox: list[tuple[bytes, Addr]] = []
         self.events: list[Event] = []
@@ -191,7 +202,7 @@ class LinkEndpoint:
             if len(session.queue) < MAX_QUEUED:
                 session.queue.append(plaintext)
             else:
-                self.counters["dropped:link_queue_full"] += 1
+                self.counters[Drop.LINK_QUEUE_FULL.counter] += 1
             return
         self.outbox.append((self.seal(session, plaintext), session.addr))
 
@@ -203,15 +214,40 @@ class LinkEndpoint:
         return header + session.send_aead.encrypt(_NONCE_PREFIX + header[9:], plaintext, header)
 
     def close(self, session: Session) -> None:
-        if self.sessions.pop(session.local_sid, None) is not None:
+        if self._remove_session(session):
             self.events.append(SessionDown(session))
+
+    def half_open(self) -> int:
+        return len(self._responding)
+
+    # --- what the limits count ---------------------------------------------------------------
+
+    def _add_session(self, session: Session) -> None:
+        self.sessions[session.local_sid] = session
+        self.admission.session_added(session.source, session.client)
+
+    def _remove_session(self, session: Session) -> bool:
+        if self.sessions.pop(session.local_sid, None) is None:
+            return False
+        self.admission.session_removed(session.source, session.client)
+        return True
+
+    def _add_responding(self, key: tuple[str, bytes], entry: _Responding) -> None:
+        self._responding[entry.response.r_sid] = entry
+        self._responding_by_init[key] = entry
+        self.admission.half_open_added(entry.source)
+
+    def _remove_responding(self, r_sid: bytes) -> None:
+        entry = self._responding.pop(r_sid)
+        self._responding_by_init.pop((_addr_key(entry.addr), entry.i_sid), None)
+        self.admission.half_open_removed(entry.source)
 
     # --- receiving ---------------------------------------------------------------------------
 
     def receive(self, data: bytes, addr: Addr, now: float) -> tuple[Session, bytes] | None:
         """Handle one datagram; returns (session, link plaintext) for DATA, else None."""
         if len(data) != DATAGRAM_SIZE:
-            self.counters["dropped:bad_size"] += 1
+            self.counters[Drop.BAD_SIZE.counter] += 1
             return None
         kind = data[0]
         if kind == DG_DATA:
@@ -226,27 +262,27 @@ class LinkEndpoint:
             elif kind == DG_HS_FINISH:
                 self._on_finish(data, addr, now)
             else:
-                self.counters["dropped:bad_type"] += 1
+                self.counters[Drop.BAD_TYPE.counter] += 1
         except hs.HandshakeError as exc:
-            self.counters[f"handshake_failed:{exc.reason}"] += 1
+            self.counters[exc.reason.counter] += 1
         return None
 
     def _receive_data(self, data: bytes, addr: Addr, now: float) -> tuple[Session, bytes] | None:
         session = self.sessions.get(data[1 : 1 + SID_LEN])
         if session is None:
-            self.counters["dropped:unknown_session"] += 1
+            self.counters[Drop.UNKNOWN_SESSION.counter] += 1
             return None
         header = data[:DATA_HEADER_LEN]
         (counter,) = _COUNTER.unpack_from(data, 1 + SID_LEN)
         if not session.window.check(counter):
-            self.counters["dropped:replay"] += 1
+            self.counters[Drop.REPLAY.counter] += 1
             return None
         try:
             plain = session.recv_aead.decrypt(
                 _NONCE_PREFIX + header[9:], data[DATA_HEADER_LEN:], header
             )
         except InvalidTag:
-            self.counters["dropped:bad_mac"] += 1
+            self.counters[Drop.BAD_MAC.counter] += 1
             return None
         session.window.record(counter)
         session.last_recv = now
@@ -269,8 +305,9 @@ class LinkEndpoint:
             self.send(session, plaintext)
 
     def _cookie_ok(self, addr: Addr, init: hs.ParsedInit) -> bool:
+        # Every secret compared in constant time: timing must not reveal how much matched.
         return any(
-            hs.make_cookie(secret, _addr_key(addr), init.body) == init.cookie
+            hmac.compare_digest(hs.make_cookie(secret, _addr_key(addr), init.body), init.cookie)
             for secret in self._cookie_secrets
         )
 
@@ -280,44 +317,42 @@ class LinkEndpoint:
         cached = self._responding_by_init.get(key)
         if cached is not None:
             # A retransmitted (or replayed) INIT: resend the cached answer, no new work.
-            self.counters["handshake_failed:replay"] += 1
+            self.counters[HandshakeFailure.REPLAY.counter] += 1
             self.outbox.append((cached.response.datagram, addr))
             return
         if not self._cookie_ok(addr, init):
-            if init.cookie != bytes(hs.COOKIE_LEN):
-                raise hs.HandshakeError("bad_cookie")
+            if not hmac.compare_digest(init.cookie, bytes(hs.COOKIE_LEN)):
+                raise hs.HandshakeError(HandshakeFailure.BAD_COOKIE)
             # Stateless retry: prove the address before any expensive step.
             cookie = hs.make_cookie(self._cookie_secrets[0], _addr_key(addr), init.body)
             self.outbox.append((hs.cookie_datagram(init.sid, cookie), addr))
             return
-        if len(self._responding) >= MAX_RESPONDING or len(self.sessions) >= MAX_SESSIONS:
-            raise hs.HandshakeError("rate_limited")
-        pending_here = sum(1 for r in self._responding.values() if r.addr == addr)
-        if pending_here >= MAX_PENDING_PER_ADDR:
-            raise hs.HandshakeError("rate_limited")
+        refusal = self.admission.refuse_handshake(source_of(addr))
+        if refusal is not None:
+            raise hs.HandshakeError(refusal)
         descriptor, link_key = self.credentials()
         response = hs.respond(init, descriptor, link_key)
-        entry = _Responding(addr, init.sid, response, now + RESPONDER_PENDING_TTL)
-        self._responding[response.r_sid] = entry
-        self._responding_by_init[key] = entry
+        self._add_responding(
+            key, _Responding(addr, init.sid, response, now + RESPONDER_PENDING_TTL)
+        )
         self.outbox.append((response.datagram, addr))
 
     def _on_cookie(self, data: bytes, addr: Addr) -> None:
         i_sid, cookie = hs.parse_cookie(data)
         pending = self._initiating.get(i_sid)
         if pending is None or pending.addr != addr or pending.finish is not None:
-            raise hs.HandshakeError("unexpected")
+            raise hs.HandshakeError(HandshakeFailure.UNEXPECTED)
         pending.cookie = cookie
         self.outbox.append((pending.state.init_datagram(cookie), addr))
 
     def _on_resp(self, data: bytes, addr: Addr, now: float) -> None:
         pending = self._initiating.get(hs.resp_sid(data))
         if pending is None or pending.finish is not None or pending.addr != addr:
-            raise hs.HandshakeError("unexpected")
+            raise hs.HandshakeError(HandshakeFailure.UNEXPECTED)
         descriptor, link_key = self.credentials()
         done = hs.complete(pending.state, data, descriptor, link_key, now)
         if pending.expected is not None and done.peer.identity != pending.expected:
-            self._fail(pending, "wrong_identity")
+            self._fail(pending, HandshakeFailure.WRONG_IDENTITY)
             return
         reason = self.accept(done.peer)
         if reason is not None:
@@ -327,37 +362,44 @@ class LinkEndpoint:
         session = Session(
             local_sid, done.r_sid, addr, done.keys.i2r, done.keys.r2i, done.peer, True, now
         )
-        self.sessions[local_sid] = session
+        self._add_session(session)
         pending.session = session
         pending.finish = done.finish
         pending.tries = 1
         pending.next_retry = now + HANDSHAKE_RETRY
         self.outbox.append((done.finish, addr))
 
-    def _fail(self, pending: _Initiating, reason: str) -> None:
+    def _fail(self, pending: _Initiating, reason: HandshakeFailure) -> None:
         self._initiating.pop(pending.state.sid, None)
         if pending.session is not None:
-            self.sessions.pop(pending.session.local_sid, None)
-        self.counters[f"handshake_failed:{reason}"] += 1
+            self._remove_session(pending.session)
+        self.counters[reason.counter] += 1
         self.events.append(HandshakeFailed(pending.addr, pending.expected, reason))
 
     def _on_finish(self, data: bytes, addr: Addr, now: float) -> None:
         r_sid = hs.finish_sid(data)
         entry = self._responding.get(r_sid)
         if entry is None or entry.addr != addr:
-            raise hs.HandshakeError("replay" if r_sid in self.sessions else "unexpected")
+            raise hs.HandshakeError(
+                HandshakeFailure.REPLAY if r_sid in self.sessions else HandshakeFailure.UNEXPECTED
+            )
         response = entry.response
         peer = hs.verify_finish(data, response.keys, response.th2, now)
-        del self._responding[r_sid]
-        self._responding_by_init.pop((_addr_key(addr), entry.i_sid), None)
+        self._remove_responding(r_sid)
         reason = self.accept(peer)
         if reason is not None:
             raise hs.HandshakeError(reason)
+        # A relay that passed `accept` is pinned: it may take the slots clients cannot.
+        relay = peer.role == ROLE_RELAY
+        refusal = self.admission.refuse_session(entry.source, relay)
+        if refusal is not None:
+            raise hs.HandshakeError(refusal)
         session = Session(
             r_sid, entry.i_sid, addr, response.keys.r2i, response.keys.i2r, peer, False, now
         )
+        session.client = not relay
         session.window.record(0)
-        self.sessions[r_sid] = session
+        self._add_session(session)
         self.counters["handshake_ok"] += 1
         self.events.append(SessionUp(session))
         self.send(session, bytes([MSG_READY]))
@@ -372,7 +414,7 @@ class LinkEndpoint:
             if now < pending.next_retry:
                 continue
             if pending.tries >= HANDSHAKE_TRIES:
-                self._fail(pending, "timeout")
+                self._fail(pending, HandshakeFailure.TIMEOUT)
                 continue
             pending.tries += 1
             pending.next_retry = now + HANDSHAKE_RETRY
@@ -383,9 +425,8 @@ class LinkEndpoint:
             self.outbox.append((datagram, pending.addr))
         for r_sid, entry in list(self._responding.items()):
             if now >= entry.expires:
-                del self._responding[r_sid]
-                self._responding_by_init.pop((_addr_key(entry.addr), entry.i_sid), None)
-                self.counters["handshake_failed:timeout"] += 1
+                self._remove_responding(r_sid)
+                self.counters[HandshakeFailure.TIMEOUT.counter] += 1
         for session in list(self.sessions.values()):
             if session.ready and now - session.last_recv > IDLE_TIMEOUT:
                 self.close(session)

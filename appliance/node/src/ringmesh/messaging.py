@@ -6,7 +6,9 @@ onion payload exactly. Fragment 0 also carries two single-use reply blocks (SURB
 the sender over paths chosen independently of the forward path: one for the ack (to a
 mailbox of the sending process) and one the recipient may answer through (to the sender's
 own mailbox). A reply block is a Sphinx header plus the key that seals what goes under it;
-the recipient learns neither the sender's identity nor its home relay from it.
+the recipient learns neither the sender's identity nor its home relay from it. A message
+whose fragments are KIND_SEALED carries a body sealed to one of the recipient's prekeys
+(prekeys.py), which the recipient opens once the message is whole.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .wire import HEADER_LEN, MAX_HOPS, MIN_PATH, PAYLOAD_LEN
 
 ENVELOPE_PLAIN_LEN = PAYLOAD_LEN - 32 - 16
 KIND_FRAGMENT = 1
+KIND_SEALED = 2  # the reassembled body is sealed to one of the recipient's prekeys (HPKE)
 MSG_ID_LEN = 16
 _FRAG = struct.Struct("!B16sHHIH")
 SURB_KEY_LEN = 32
@@ -39,6 +42,10 @@ _ZERO_NONCE = bytes(12)
 # What travels under a reply block: kind (1) | length (2) | body, sealed with the block's key.
 SURB_ACK = 1
 SURB_REPLY = 2
+SURB_PREKEY = 3  # half of a prekey bundle, from the recipient's home relay: index (1) | half
+# A prekey request, delivered to the user's prekey mailbox: two reply blocks, as a bundle
+# (1,350 bytes) is larger than one reply (MAX_REPLY).
+PREKEY_REQUEST_LEN = 2 * SURB_LEN
 _SURB_HEAD = struct.Struct("!BH")
 SURB_PLAIN_LEN = PAYLOAD_LEN - 16
 MAX_REPLY = SURB_PLAIN_LEN - _SURB_HEAD.size
@@ -121,7 +128,7 @@ def open_surb_payload(key: bytes, payload: bytes) -> tuple[int, bytes]:
     except (InvalidTag, ValueError):
         raise EnvelopeError("reply does not open with this reply block's key") from None
     kind, length = _SURB_HEAD.unpack_from(plain)
-    if kind not in (SURB_ACK, SURB_REPLY) or length > MAX_REPLY:
+    if kind not in (SURB_ACK, SURB_REPLY, SURB_PREKEY) or length > MAX_REPLY:
         raise EnvelopeError("bad reply header")
     return kind, plain[_SURB_HEAD.size : _SURB_HEAD.size + length]
 
@@ -138,6 +145,7 @@ class Fragment:
     chunk: bytes
     ack_block: bytes | None  # encoded ReplyBlock for the ack (fragment 0 only)
     reply_block: bytes | None  # encoded ReplyBlock the recipient may answer through
+    sealed: bool = False  # KIND_SEALED: the whole body is sealed to a prekey
 
 
 def fragment_count(length: int) -> int:
@@ -147,7 +155,7 @@ def fragment_count(length: int) -> int:
 
 
 def split_message(
-    message_id: bytes, body: bytes, ack_block: bytes, reply_block: bytes
+    message_id: bytes, body: bytes, ack_block: bytes, reply_block: bytes, sealed: bool = False
 ) -> list[bytes]:
     """Envelope plaintexts (ENVELOPE_PLAIN_LEN each) for every fragment of body."""
     if len(body) > MAX_MESSAGE:
@@ -161,7 +169,8 @@ def split_message(
         size = FIRST_CHUNK if index == 0 else OTHER_CHUNK
         chunk = body[offset : offset + size]
         offset += len(chunk)
-        head = _FRAG.pack(KIND_FRAGMENT, message_id, index, count, len(body), len(chunk))
+        kind = KIND_SEALED if sealed else KIND_FRAGMENT
+        head = _FRAG.pack(kind, message_id, index, count, len(body), len(chunk))
         plain = head + (ack_block + reply_block if index == 0 else b"") + chunk
         out.append(plain + bytes(ENVELOPE_PLAIN_LEN - len(plain)))
     return out
@@ -171,7 +180,9 @@ def parse_fragment(plain: bytes) -> Fragment:
     if len(plain) != ENVELOPE_PLAIN_LEN:
         raise EnvelopeError("fragment has the wrong length")
     kind, message_id, index, count, total, chunk_len = _FRAG.unpack_from(plain)
-    if kind != KIND_FRAGMENT or count == 0 or index >= count or total > MAX_MESSAGE:
+    if kind not in (KIND_FRAGMENT, KIND_SEALED) or count == 0 or index >= count:
+        raise EnvelopeError("bad fragment header")
+    if total > MAX_MESSAGE:
         raise EnvelopeError("bad fragment header")
     if count != fragment_count(total):
         raise EnvelopeError("fragment count does not match the length")
@@ -184,7 +195,8 @@ def parse_fragment(plain: bytes) -> Fragment:
         capacity = FIRST_CHUNK
     if chunk_len > capacity:
         raise EnvelopeError("bad chunk length")
-    return Fragment(message_id, index, count, total, plain[o : o + chunk_len], ack, reply)
+    chunk = plain[o : o + chunk_len]
+    return Fragment(message_id, index, count, total, chunk, ack, reply, kind == KIND_SEALED)
 
 
 @dataclass
@@ -192,6 +204,7 @@ class _Partial:
     count: int
     total_len: int
     started: float
+    sealed: bool
     chunks: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -199,6 +212,7 @@ class _Partial:
 class Complete:
     message_id: bytes
     body: bytes
+    sealed: bool = False
 
 
 class Reassembler:
@@ -218,9 +232,13 @@ class Reassembler:
             self.expire(now)
             if len(self._partial) >= self.max_pending:
                 return None
-            partial = _Partial(frag.count, frag.total_len, now)
+            partial = _Partial(frag.count, frag.total_len, now, frag.sealed)
             self._partial[frag.message_id] = partial
-        if (partial.count, partial.total_len) != (frag.count, frag.total_len):
+        if (partial.count, partial.total_len, partial.sealed) != (
+            frag.count,
+            frag.total_len,
+            frag.sealed,
+        ):
             return None
         partial.chunks.setdefault(frag.index, frag.chunk)
         if len(partial.chunks) < partial.count:
@@ -230,7 +248,7 @@ class Reassembler:
         if len(body) != partial.total_len:
             return None
         self.done[frag.message_id] = now
-        return Complete(frag.message_id, body)
+        return Complete(frag.message_id, body, partial.sealed)
 
     def expire(self, now: float) -> None:
         for mid in [m for m, p in self._partial.items() if now - p.started > self.ttl]:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .reasons import Drop, HandshakeFailure
 from .relay import Relay
 
 
@@ -37,11 +38,11 @@ class RelayCollector(Collector):
         failed = CounterMetricFamily(
             "ringmesh_handshakes_failed", "Failed link handshakes, by reason", labels=["reason"]
         )
-        for key, value in c.items():
-            if key.startswith("dropped:"):
-                dropped.add_metric([key.split(":", 1)[1]], value)
-            elif key.startswith("handshake_failed:"):
-                failed.add_metric([key.split(":", 1)[1]], value)
+        # Every reason of the enumeration is exported (zero until it happens), so alerts and
+        # dashboards can name any of them; the counters hold no reason outside it.
+        for family, reasons in ((dropped, list(Drop)), (failed, list(HandshakeFailure))):
+            for reason in reasons:
+                family.add_metric([reason.value], c[reason.counter])
         yield dropped
         yield failed
         ok = CounterMetricFamily("ringmesh_handshakes_ok", "Completed link handshakes")
@@ -61,11 +62,31 @@ class RelayCollector(Collector):
             ("ringmesh_mailbox_packets", "Packets held in mailboxes", relay.mailboxes.depth()),
             ("ringmesh_mailboxes", "Mailboxes in memory", len(relay.mailboxes)),
             (
+                "ringmesh_prekey_bundles",
+                "Users' end-to-end prekey bundles held to hand to senders",
+                len(relay.prekeys),
+            ),
+            (
+                "ringmesh_mailbox_bytes",
+                "Bytes held in mailboxes (items and their bookkeeping)",
+                relay.mailboxes.bytes,
+            ),
+            (
                 "ringmesh_peers_up",
                 "Pinned relay peers with a live session",
                 len(relay.peers.live(now)),
             ),
             ("ringmesh_key_epoch", "Current key epoch", relay.keys.current.epoch),
+            (
+                "ringmesh_replay_filter_packets",
+                "Onion packets recorded in the current epoch's replay filter",
+                relay.onion_keys[0].replay.count,
+            ),
+            (
+                "ringmesh_replay_filter_budget_packets",
+                "Packets the current epoch's replay filter is sized for (then a new epoch)",
+                relay.onion_keys[0].replay.budget,
+            ),
             (
                 "ringmesh_key_epoch_expiry_timestamp_seconds",
                 "When the current key epoch expires",

@@ -179,6 +179,8 @@ class Unwrapped(NamedTuple):
 
 def peel(shared: bytes, packet: bytes) -> tuple[HopKeys, Unwrapped]:
     """Remove one layer. `shared` is X25519(onion key, alpha). Raises OnionError."""
+    if len(packet) != ONION_LEN:
+        raise OnionError(f"an onion packet is {ONION_LEN} bytes")
     keys = derive_hop_keys(shared)
     beta = packet[ALPHA_LEN + GAMMA_LEN : HEADER_LEN]
     if not hmac.compare_digest(_mac(keys.mac, beta), packet[ALPHA_LEN : ALPHA_LEN + GAMMA_LEN]):

@@ -12,23 +12,27 @@ import heapq
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import directory
+from . import messaging as m
+from .admission import source_of
 from .codec import directory_messages
 from .config import Config, RelayEntry
 from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
-from .did import did_from_public, node_id, reply_mailbox_id, user_mailbox_id
-from .keystore import Keys, iso
+from .did import did_from_public, node_id, prekey_mailbox_id, reply_mailbox_id, user_mailbox_id
+from .keystore import EpochKeys, Keys, iso
 from .link import Addr, HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
 from .mailbox import MailboxStore
 from .onion import Hop, OnionError, build_packet, hop_delay_us, peel
 from .peers import PEER_UP_WITHIN, RECONNECT_BACKOFF, Peer, PeerTable
+from .prekeys import BUNDLE_LEN, PrekeyBundle, PrekeyError
 from .primitives import x25519_public
-from .reasons import Drop, dropped
-from .replay import ReplayCache
+from .reasons import Counters, Drop, HandshakeFailure
+from .replay import OnionReplayFilter
 from .wire import (
     ALPHA_LEN,
     CMD_DROP,
@@ -43,40 +47,62 @@ from .wire import (
     MSG_MAILBOX_ITEM,
     MSG_MAILBOX_SYNC,
     MSG_ONION,
+    MSG_PREKEY,
     NODE_ID_LEN,
     ONION_LEN,
     PAYLOAD_LEN,
     ROLE_RELAY,
+    SURB_ID_LEN,
 )
 
 KEEPALIVE_EVERY = 5.0
 MAINTAIN_EVERY = 0.5
-MAX_DELAYED = 200_000  # packets waiting out their sender-chosen delay
 
 
 class OnionKey:
     __slots__ = ("epoch", "private", "replay")
 
-    def __init__(self, epoch: int, private: X25519PrivateKey, replay: ReplayCache) -> None:
+    def __init__(self, epoch: int, private: X25519PrivateKey, replay: OnionReplayFilter) -> None:
         self.epoch = epoch
         self.private = private
         self.replay = replay
 
 
+ReplayFilterSource = Callable[[EpochKeys], OnionReplayFilter]
+
+
 class Relay:
-    def __init__(self, config: Config, keys: Keys, now: float, rng: random.Random | None = None):
+    def __init__(
+        self,
+        config: Config,
+        keys: Keys,
+        now: float,
+        rng: random.Random | None = None,
+        replay_filter: ReplayFilterSource | None = None,
+    ):
         self.config = config
+        # The daemon passes the keystore's (persisted) filters; by default they live in memory.
+        self._replay_filter = replay_filter or (
+            lambda ep: OnionReplayFilter.for_epoch(
+                ep.onion_key, config.replay_budget, config.replay_false_positive_rate
+            )
+        )
         self.rng = rng or random.SystemRandom()
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counters()
         self.keys = keys
         self.identity = keys.identity_public
         self.node_id = node_id(self.identity)
-        self.link = LinkEndpoint(self._credentials, self._accept, self.counters)
+        self.link = LinkEndpoint(self._credentials, self._accept, self.counters, config.link)
         self.peers = PeerTable(self.identity)
         self.mailboxes = MailboxStore(
-            config.mailbox_ttl_seconds, config.mailbox_max_packets, self.counters
+            config.mailbox_ttl_seconds,
+            config.mailbox_max_packets,
+            self.counters,
+            config.mailbox_max_mailboxes,
+            config.mailbox_max_bytes,
         )
         self.authority = directory.Authority(keys.identity, frozenset())
+        self.prekeys: dict[bytes, tuple[float, bytes]] = {}  # prekey mailbox -> (expires, bundle)
         self.onion_keys: list[OnionKey] = []
         # (due, sequence, next relay identity or b"" to deliver, item)
         self._delayed: list[tuple[float, int, bytes, bytes]] = []
@@ -93,9 +119,9 @@ class Relay:
         cur = self.keys.current
         return cur.descriptor, cur.link_key
 
-    def _accept(self, desc: Descriptor) -> str | None:
+    def _accept(self, desc: Descriptor) -> HandshakeFailure | None:
         if desc.role == ROLE_RELAY and desc.identity not in self.peers.peers:
-            return "unpinned"
+            return HandshakeFailure.UNPINNED
         return None
 
     def update_keys(self, keys: Keys, now: float) -> None:
@@ -104,7 +130,7 @@ class Relay:
         caches = {k.epoch: k.replay for k in self.onion_keys}
         self.keys = keys
         self.onion_keys = [
-            OnionKey(ep.epoch, ep.onion_key, caches.get(ep.epoch) or ReplayCache(ep.epoch))
+            OnionKey(ep.epoch, ep.onion_key, caches.get(ep.epoch) or self._replay_filter(ep))
             for ep in keys.epochs
         ]
         if old_epoch is not None and old_epoch != keys.current.epoch:
@@ -117,6 +143,9 @@ class Relay:
     def update_peers(self, relays: tuple[RelayEntry, ...], now: float) -> None:
         for session in self.peers.update(relays):
             self.link.close(session)
+        self.link.admission.reserved_sources = frozenset(
+            source_of(r.address) for r in relays if r.identity != self.identity
+        )
         # Sessions with relays that are no longer pinned are closed.
         for session in list(self.link.sessions.values()):
             if session.peer.role == ROLE_RELAY and session.peer_identity not in self.peers.peers:
@@ -148,7 +177,7 @@ class Relay:
         try:
             alpha = x25519_public(packet[:ALPHA_LEN])
         except ValueError:
-            self.counters[dropped(Drop.BAD_ONION)] += 1
+            self.counters[Drop.BAD_ONION.counter] += 1
             return
         for key in self.onion_keys:
             try:
@@ -157,15 +186,15 @@ class Relay:
                 continue
             break
         else:
-            self.counters[dropped(Drop.BAD_ONION)] += 1
+            self.counters[Drop.BAD_ONION.counter] += 1
             return
         if key.replay.seen_before(hop_keys.tag):
-            self.counters[dropped(Drop.ONION_REPLAY)] += 1
+            self.counters[Drop.ONION_REPLAY.counter] += 1
             return
         if un.cmd == CMD_FORWARD:
             target = self.peers.by_node_id.get(un.next_id)
             if target is None:
-                self.counters[dropped(Drop.UNKNOWN_NEXT_HOP)] += 1
+                self.counters[Drop.UNKNOWN_NEXT_HOP.counter] += 1
                 return
             item = un.packet
         elif un.cmd == CMD_DROP:
@@ -177,8 +206,8 @@ class Relay:
         if un.delay_us == 0:
             self._release(target, item, now)
             return
-        if len(self._delayed) >= MAX_DELAYED:
-            self.counters[dropped(Drop.QUEUE_FULL)] += 1
+        if len(self._delayed) >= self.config.max_held_packets:
+            self.counters[Drop.QUEUE_FULL.counter] += 1
             return
         self._seq += 1
         heapq.heappush(self._delayed, (now + un.delay_us / 1e6, self._seq, target, item))
@@ -192,7 +221,7 @@ class Relay:
     def _forward(self, identity: bytes, packet: bytes, now: float) -> None:
         peer = self.peers.peers.get(identity)
         if peer is None:
-            self.counters[dropped(Drop.UNKNOWN_NEXT_HOP)] += 1
+            self.counters[Drop.UNKNOWN_NEXT_HOP.counter] += 1
             return
         message = bytes([MSG_ONION]) + packet
         if peer.session is not None and peer.session.ready:
@@ -201,17 +230,21 @@ class Relay:
             return
         if peer.handshake_id is None or not self.link.handshake_pending(peer.handshake_id):
             if now < peer.next_attempt:
-                self.counters[dropped(Drop.PEER_DOWN)] += 1
+                self.counters[Drop.PEER_DOWN.counter] += 1
                 return
             self._connect(peer, now)
         assert peer.handshake_id is not None
         if self.link.queue_for(peer.handshake_id, message):
             self.counters["packets_out"] += 1
         else:
-            self.counters[dropped(Drop.LINK_QUEUE_FULL)] += 1
+            self.counters[Drop.LINK_QUEUE_FULL.counter] += 1
 
     def _deliver(self, mailbox_id: bytes, item: bytes, now: float) -> None:
         """item: reply-block id and payload, as the mailbox's owner gets them."""
+        published = self.prekeys.get(mailbox_id)
+        if published is not None:
+            self._answer_prekey_request(published[1], item[SURB_ID_LEN:], now)
+            return
         owner = self.mailboxes.deliver(mailbox_id, item, now)
         if owner is not None:
             self.link.send(owner, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + item)
@@ -221,7 +254,7 @@ class Relay:
             self._on_descriptor(session, body[:DESCRIPTOR_LEN], now)
         elif kind == MSG_DIRECTORY_SIG:
             if not self.authority.add_signature(session.peer_identity, body, now):
-                self.counters[dropped(Drop.BAD_DIRECTORY_SIGNATURE)] += 1
+                self.counters[Drop.BAD_DIRECTORY_SIGNATURE.counter] += 1
         elif kind == MSG_GET_DIRECTORY:
             best = self.authority.best(now)
             for message in directory_messages(best.encode() if best else b""):
@@ -230,10 +263,45 @@ class Relay:
             self._claim(session, user_mailbox_id(session.peer_identity), now)
         elif kind == MSG_CLAIM_REPLY:
             self._claim(session, reply_mailbox_id(body[:32]), now)
+        elif kind == MSG_PREKEY:
+            self._on_prekey(session, body[:BUNDLE_LEN], now)
         elif kind == MSG_CLOSE:
             self.link.close(session)
         else:
-            self.counters[dropped(Drop.BAD_MESSAGE)] += 1
+            self.counters[Drop.BAD_MESSAGE.counter] += 1
+
+    # --- prekeys: published by a user's client, handed to anyone through reply blocks ------
+
+    def _on_prekey(self, session: Session, raw: bytes, now: float) -> None:
+        """A user's certified bundle, over the user's own session (so only it can publish)."""
+        try:
+            bundle = PrekeyBundle.decode(raw, session.peer_identity, now)
+        except PrekeyError:
+            self.counters[Drop.BAD_PREKEY.counter] += 1
+            return
+        mailbox_id = prekey_mailbox_id(bundle.identity)
+        if (
+            mailbox_id not in self.prekeys
+            and len(self.prekeys) >= self.config.mailbox_max_mailboxes
+        ):
+            self.counters[Drop.MAILBOXES_FULL.counter] += 1
+            return
+        self.prekeys[mailbox_id] = (float(bundle.expires), raw)
+
+    def _answer_prekey_request(self, bundle: bytes, request: bytes, now: float) -> None:
+        """The request is two reply blocks whose paths start here; each carries half the
+        bundle back to the sender, whom this relay never learns."""
+        half = (len(bundle) + 1) // 2
+        for index in range(2):
+            raw = request[index * m.SURB_LEN : (index + 1) * m.SURB_LEN]
+            chunk = bytes([index]) + bundle[index * half : (index + 1) * half]
+            try:
+                packet = m.ReplyBlock.decode(raw).packet(m.SURB_PREKEY, chunk)
+            except m.EnvelopeError:
+                self.counters[Drop.BAD_MESSAGE.counter] += 1
+                return
+            self.counters["prekey_answers"] += 1
+            self._on_onion(packet, now)
 
     def _on_descriptor(self, session: Session, raw: bytes, now: float) -> None:
         peer = self.peers.peers.get(session.peer_identity)
@@ -241,18 +309,16 @@ class Relay:
             desc = Descriptor.decode(raw)
             desc.check_valid(now)
         except DescriptorError:
-            self.counters[dropped(Drop.BAD_DESCRIPTOR)] += 1
+            self.counters[Drop.BAD_DESCRIPTOR.counter] += 1
             return
         if peer is None or desc.identity != peer.entry.identity:
-            self.counters[dropped(Drop.BAD_DESCRIPTOR)] += 1
+            self.counters[Drop.BAD_DESCRIPTOR.counter] += 1
             return
         if peer.learn(desc):
             self._refresh_directory(now)
 
     def _claim(self, session: Session, mailbox_id: bytes, now: float) -> None:
         held = self.mailboxes.claim(mailbox_id, session, now)
-        if held is None:
-            return
         for item in held:
             self.link.send(session, bytes([MSG_MAILBOX_ITEM]) + mailbox_id + item)
         self.link.send(
@@ -345,6 +411,8 @@ class Relay:
             ):
                 self._connect(peer, now)
         self.mailboxes.expire(now, self.link.sessions)
+        for mailbox_id in [i for i, (expires, _) in self.prekeys.items() if expires <= now]:
+            del self.prekeys[mailbox_id]
         self._refresh_directory(now)  # a new epoch, or a descriptor that just expired
 
     def _cover_gap(self, rate: float) -> float:
@@ -396,6 +464,8 @@ class Relay:
             "queue_depth": self.queue_depth(),
             "mailboxes": len(self.mailboxes),
             "mailbox_depth": self.mailboxes.depth(),
+            "mailbox_bytes": self.mailboxes.bytes,
+            "prekey_bundles": len(self.prekeys),
             "directory": self.authority.status(now),
             "counters": dict(sorted(self.counters.items())),
         }

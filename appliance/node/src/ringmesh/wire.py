@@ -32,6 +32,7 @@ MSG_MAILBOX_ITEM = 0x09
 MSG_MAILBOX_SYNC = 0x0A
 MSG_CLOSE = 0x0B
 MSG_DIRECTORY_SIG = 0x0C
+MSG_PREKEY = 0x0D  # a client publishes its certified prekey bundle to its home relay
 
 # Onion packet geometry (Sphinx-style, fixed number of header slots).
 MAX_HOPS = 5

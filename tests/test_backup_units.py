@@ -1,0 +1,144 @@
+"""The backup role's pure pieces, without hosts: the ring, derived secrets, schedules,
+archive times, the allow list and the metrics file of ringmesh-backup."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROLE = Path(__file__).resolve().parent.parent / "roles" / "backup"
+
+
+def load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ring = load("backup_ring", ROLE / "filter_plugins" / "backup_ring.py")
+tool = load("ringmesh_backup", ROLE / "files" / "ringmesh_backup.py")
+
+
+@pytest.mark.parametrize("size", range(2, 9))
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_every_member_holds_as_many_clients_as_it_has_peers(size: int, count: int) -> None:
+    members = [f"relay{i}" for i in range(size)]
+    k = min(count, size - 1)
+    for member in members:
+        peers = ring.backup_peers_of(members, member, count)
+        assert len(peers) == len(set(peers)) == k and member not in peers
+        assert len(ring.backup_clients_of(members, member, count)) == k
+        for peer in peers:
+            assert member in ring.backup_clients_of(members, peer, count)
+
+
+def test_the_ring_follows_inventory_order_and_ignores_unknown_names() -> None:
+    assert ring.backup_peers_of(["a", "b", "c"], "c", 2) == ["a", "b"]
+    assert ring.backup_peers_of(["a", "b", "c"], "x", 2) == []
+
+
+def test_derived_secrets_differ_per_tool_and_host_and_need_the_secret() -> None:
+    secret = "s" * 40
+    values = {ring.backup_derive_secret(secret, t, h) for t in ("borg", "restic") for h in ("r1", "r2")}
+    assert len(values) == 4 and all(len(v) == 64 for v in values)
+    assert ring.backup_derive_secret(secret, "borg", "r1") != ring.backup_derive_secret("t" * 40, "borg", "r1")
+    assert ring.backup_derive_secret("", "borg", "r1") == ""
+
+
+BOOKWORM = """  Original form: hourly
+Normalized form: *-*-* *:00:00
+    Next elapse: Mon 2026-11-23 21:00:00 UTC
+       From now: 17min left
+       Iter. #2: Mon 2026-11-23 22:00:00 UTC
+"""
+TRIXIE = """  Original form: weekly
+Normalized form: Mon *-*-* 00:00:00
+    Next elapse: Mon 2026-11-30 00:00:00 UTC
+       From now: 3 days left
+   Iteration #2: Mon 2026-12-07 00:00:00 UTC
+"""
+
+
+def test_calendar_interval_reads_both_systemd_versions() -> None:
+    assert ring.backup_calendar_interval(BOOKWORM) == 3600
+    assert ring.backup_calendar_interval(TRIXIE) == 7 * 86400
+    with pytest.raises(ValueError):
+        ring.backup_calendar_interval("  Original form: hourly\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-23T20:52:01.000000", 1795467121.0),  # borg: naive, UTC on the relays
+        ("2026-11-23T20:52:01.775920123Z", 1795467121.77592),  # restic: nanoseconds and Z
+        ("2026-11-23T21:52:01.775920123+01:00", 1795467121.77592),
+    ],
+)
+def test_archive_times_parse(text: str, expected: float) -> None:
+    assert tool.parse_time(text) == pytest.approx(expected)
+
+
+def test_json_documents_reads_whole_documents_and_json_lines() -> None:
+    assert list(tool.json_documents('[{"a": 1}]')) == [[{"a": 1}]]
+    assert list(tool.json_documents('{"a": 1}\nnot json\n{"b": 2}\n')) == [{"a": 1}, {"b": 2}]
+    assert list(tool.json_documents("")) == []
+
+
+def make_config(tmp_path: Path) -> object:
+    config = {
+        "client": "relay1",
+        "sources": [str(tmp_path / "etc"), str(tmp_path / "state")],
+        "allowed_files": [f"{tmp_path}/etc/*", f"{tmp_path}/state/keys/*"],
+        "excludes": [str(tmp_path / "state" / "control.sock")],
+        "repositories": [
+            {"name": "relay2", "tool": "borg"},
+            {"name": "relay2", "tool": "restic", "url": "rclone:relay1"},
+        ],
+        "borgmatic_dir": "/etc/ringmesh-backup/borgmatic.d",
+        "restic_password_file": "/x",
+        "restic_cache_dir": "/x",
+        "restic_check_subset": "10%",
+        "state_file": str(tmp_path / "state.json"),
+        "metrics_dir": str(tmp_path / "metrics"),
+        "intervals": {"backup": 3600},
+        "ringmesh": "/x",
+        "node_user": "ringmesh",
+        "timeout_seconds": 60,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return tool.Config.load(path)
+
+
+def test_files_outside_the_allow_list_stop_the_backup_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "node.toml").write_text("")
+    (tmp_path / "state" / "keys").mkdir(parents=True)
+    (tmp_path / "state" / "keys" / "identity.key").write_bytes(b"k" * 32)
+    (tmp_path / "state" / "control.sock").write_text("")
+    config = make_config(tmp_path)
+    tool.verify_sources(config)  # only allowed files, the excluded socket ignored
+    (tmp_path / "state" / "mailbox.spool").write_text("message")
+    with pytest.raises(tool.BackupError, match=r"mailbox\.spool"):
+        tool.verify_sources(config)
+
+
+def test_metrics_name_each_repository_and_the_intervals(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    state = {"borg@relay2": tool.RepoState(backup=tool.Outcome(last_success=5.0, success=1), size_bytes=42.0)}
+    text = tool.render_metrics(config, state)
+    assert 'ringmesh_backup_last_success_timestamp_seconds{tool="borg",repository="relay2"} 5.0' in text
+    assert 'ringmesh_backup_repository_size_bytes{tool="borg",repository="relay2"} 42.0' in text
+    assert 'ringmesh_backup_last_run_success{tool="restic",repository="relay2"} 0' in text
+    assert 'ringmesh_backup_interval_seconds{kind="backup"} 3600' in text
+    tool.save_state(config, state)
+    assert (tmp_path / "metrics" / "ringmesh_backup.prom").read_text() == text
+    assert tool.load_state(config)["borg@relay2"].size_bytes == 42.0

@@ -242,6 +242,9 @@ def test_restore_drill_restores_into_scratch_and_matches_the_live_files(converge
     assert run.ok, run.explain()
     report = json.dumps([r.result for r in run.results()])
     assert "same as live" in report and "identity did:key:" in report, report
+    # The ledger's backup hook ran first: its consistent copies came back from the archive.
+    for copy in ("etcd.snapshot", "ledger.db", "ledger.key"):
+        assert f"/var/backups/ringmesh-ledger/{copy}" in report, f"{copy}: not in relay1's restored archive"
     assert node_pid(relay) == pid, "the drill must not touch the running node"
     assert relay.run("ls -d /tmp/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"
 

@@ -78,6 +78,7 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("backup", "backup_address", "", {}),
     ("backup", "backup_tools", ["zfs"], {}),
     ("backup", "backup_sources", ["/etc/ringmesh", "/var/log"], {}),
+    ("backup", "backup_hooks", [{"name": "ledger", "command": "ledger-backup", "paths": ["/var/backups/l"]}], {}),
     ("backup", "backup_allowed_files", ["/home/*"], {}),
     ("backup", "backup_remote_repositories", [{"name": "offsite", "tool": "borg", "url": "http://x"}], {}),
     ("backup", "backup_operator_public_key", "not a key", {}),

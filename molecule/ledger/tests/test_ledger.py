@@ -112,12 +112,20 @@ def test_ledger_api_is_open_to_another_relay() -> None:
     assert probe.rc == 0, probe.stderr
 
 
-def test_snapshot_command_for_backups_writes_an_etcd_snapshot(host: testinfra.host.Host) -> None:
-    written = host.run("/usr/local/sbin/ringmesh-ledger-etcd-snapshot")
+def test_backup_command_writes_consistent_copies_for_the_backup_role(host: testinfra.host.Host) -> None:
+    written = host.run("/usr/local/sbin/ringmesh-ledger-backup")
     assert written.rc == 0, written.stderr
-    snapshot = host.file(written.stdout.strip())
-    assert snapshot.size > 0
-    assert host.file("/var/backups/ringmesh-ledger").mode == 0o700
+    out = "/var/backups/ringmesh-ledger"
+    assert written.stdout.split() == [f"{out}/etcd.snapshot", f"{out}/ledger.db", f"{out}/ledger.key"]
+    assert host.file(out).mode == 0o700
+    status = host.run(f"ETCDCTL_API=3 etcdctl snapshot status {out}/etcd.snapshot --write-out=json")
+    assert status.rc == 0 and json.loads(status.stdout)["totalKey"] > 0, status.stderr
+    integrity = host.run(
+        "/opt/ringmesh-ledger/venv/bin/python -c \"import sqlite3, sys; "
+        f"print(sqlite3.connect('{out}/ledger.db').execute('PRAGMA integrity_check').fetchone()[0])\""
+    )
+    assert integrity.stdout.strip() == "ok", integrity.stderr
+    assert host.file(f"{out}/ledger.key").sha256sum == host.file("/var/lib/ringmesh-ledger/ledger.key").sha256sum
 
 
 def test_check_mode_changes_nothing() -> None:

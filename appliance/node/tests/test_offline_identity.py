@@ -144,7 +144,9 @@ def offline_keystore(tmp_path: Path, identity: Ed25519PrivateKey) -> Keystore:
 def certify(store: Keystore, identity: Ed25519PrivateKey, expires: float) -> SigningCertificate:
     request = store.signing_request()
     assert request["did"] == did_from_public(public(identity))
-    return SigningCertificate.issue(identity, bytes.fromhex(request["signing_key"]), int(expires))
+    return SigningCertificate.issue(
+        identity, bytes.fromhex(str(request["signing_key"])), int(expires)
+    )
 
 
 def test_an_offline_keystore_holds_no_identity_key_and_signs_with_its_certified_key(
@@ -181,6 +183,11 @@ def test_renewal_certifies_a_fresh_signing_key_and_destroys_the_old_one(tmp_path
     first = certify(store, identity, now + 86400)
     store.install_certificate(first.encode(), now)
     old_key = store.load(now).signing_key.private_bytes_raw()
+    # Not due: a certificate with more than the threshold left asks for no new key.
+    assert store.signing_request(renew_within=3600, now=now)["signing_key"] is None
+    assert len(list(store.dir.glob("signing-*.key"))) == 1
+    due = store.signing_request(renew_within=2 * 86400, now=now)
+    assert due["certificate_expires_timestamp"] == first.expires and due["signing_key"]
     renewed = certify(store, identity, now + 30 * 86400)
     assert renewed.signing_public != first.signing_public
     store.install_certificate(renewed.encode(), now)
@@ -202,7 +209,7 @@ def test_install_refuses_a_certificate_from_the_wrong_identity_or_expired(tmp_pa
     store = offline_keystore(tmp_path, identity)
     now = time.time()
     request = store.signing_request()
-    signing_public = bytes.fromhex(request["signing_key"])
+    signing_public = bytes.fromhex(str(request["signing_key"]))
     wrong = SigningCertificate.issue(other, signing_public, int(now + 86400))
     with pytest.raises(KeystoreError, match="not for this keystore's identity"):
         store.install_certificate(wrong.encode(), now)

@@ -61,7 +61,7 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
         print(store.init(offline_identity=args.offline_identity))
         return 0
     if args.keys_cmd == "signing-request":
-        print(json.dumps(store.signing_request()))
+        print(json.dumps(store.signing_request(args.renew_within)))
         return 0
     if args.keys_cmd == "install-cert":
         text = Path(args.file).read_text() if args.file else sys.stdin.read()
@@ -100,10 +100,17 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """On the operator's machine: certify a relay's signing request with the identity key."""
+    if args.identity_key == "-" and args.request == "-":
+        print("error: --identity-key and --request cannot both read stdin", file=sys.stderr)
+        return EXIT_USAGE
     try:
         lifetime = parse_lifetime(args.lifetime)
-        path = Path(args.identity_key)
-        identity = new_identity_file(path) if args.create else read_identity_file(path)
+        if args.identity_key == "-":  # from a vault, never written to the disk
+            identity = read_identity_file(Path("/dev/stdin"))
+        elif args.create:
+            identity = new_identity_file(Path(args.identity_key))
+        else:
+            identity = read_identity_file(Path(args.identity_key))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -112,7 +119,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(json.dumps({"did": did}))
         return 0
     try:
-        text = Path(args.request).read_text() if args.request != "-" else sys.stdin.read()
+        if args.request.lstrip().startswith("{"):
+            text = args.request
+        elif args.request == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(args.request).read_text()
         request = json.loads(text)
         signing_public = bytes.fromhex(request["signing_key"])
         wanted = request["did"]
@@ -315,18 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DID",
         help="the identity key (this did:key) stays offline; do not make one here",
     )
-    keys_sub.add_parser(
+    request = keys_sub.add_parser(
         "signing-request",
         parents=[common],
         help="offline identity: print the did and a signing key to certify (JSON, public)",
+    )
+    request.add_argument(
+        "--renew-within",
+        type=float,
+        metavar="SECONDS",
+        help="no new key while the installed certificate has longer than SECONDS left",
     )
     certify = keys_sub.add_parser(
         "certify",
         parents=[common],
         help="on the operator's machine: certify a signing request with the identity key",
     )
-    certify.add_argument("--identity-key", required=True, help="FILE with the hex seed")
-    certify.add_argument("--request", help="FILE with a signing request ('-': stdin)")
+    certify.add_argument(
+        "--identity-key", required=True, help="FILE with the hex seed ('-': stdin)"
+    )
+    certify.add_argument(
+        "--request", help="the signing request: FILE, '-' (stdin) or the JSON itself"
+    )
     certify.add_argument(
         "--lifetime",
         default=f"{DEFAULT_LIFETIME // 86400}d",

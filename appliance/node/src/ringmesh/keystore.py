@@ -271,10 +271,14 @@ class Keystore:
 
     # --- offline identity: signing keys and their certificate --------------------------------
 
-    def signing_request(self) -> dict[str, str]:
+    def signing_request(
+        self, renew_within: float | None = None, now: float | None = None
+    ) -> dict[str, object]:
         """The did and a signing key awaiting a certificate: the one already waiting, else a
         new one (each renewal certifies a fresh key, so a stolen one dies with its
-        certificate). Public values only."""
+        certificate). With renew_within, no key while the installed certificate has longer
+        than that left (signing_key is then null). Public values only."""
+        now = time.time() if now is None else now
         with self.locked():
             did = self._offline_did()
             if did is None:
@@ -283,18 +287,23 @@ class Keystore:
                     "a keystore made with 'keys init --offline-identity DID'"
                 )
             current = self._current_certificate()
-            waiting = [
-                p
-                for p in self._signing_files()
-                if current is None or p != self._signing_path(current.signing_public)
-            ]
+            request: dict[str, object] = {
+                "did": did,
+                "certificate_expires_timestamp": current.expires if current else None,
+                "signing_key": None,
+            }
+            if current and renew_within is not None and current.expires - now > renew_within:
+                return request
+            current_path = current and self._signing_path(current.signing_public)
+            waiting = [p for p in self._signing_files() if p != current_path]
             if waiting:
                 public = _read_seed(waiting[0]).public_key().public_bytes_raw()
             else:
                 key = Ed25519PrivateKey.generate()
                 public = key.public_key().public_bytes_raw()
                 _create_private(self._signing_path(public), key.private_bytes_raw())
-        return {"did": did, "signing_key": public.hex()}
+            request["signing_key"] = public.hex()
+        return request
 
     def install_certificate(self, raw: bytes, now: float | None = None) -> SigningCertificate:
         """Check a certificate against this keystore, install it, destroy other signing keys."""

@@ -100,24 +100,33 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """On the operator's machine: certify a relay's signing request with the identity key."""
-    if args.identity_key == "-" and args.request == "-":
-        print("error: --identity-key and --request cannot both read stdin", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        lifetime = parse_lifetime(args.lifetime)
-        if args.identity_key == "-":  # from a vault, never written to the disk
-            identity = read_identity_file(Path("/dev/stdin"))
-        elif args.create:
-            identity = new_identity_file(Path(args.identity_key))
-        else:
-            identity = read_identity_file(Path(args.identity_key))
+        out = _certify(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.json or "certificate" not in out:
+        print(json.dumps(out))
+    else:
+        print(out["certificate"])
+    return 0
+
+
+def _certify(args: argparse.Namespace) -> dict[str, str]:
+    """{"did"} of the identity key, and with --request {"certificate", "expires"}; bad input
+    raises ValueError naming the option."""
+    if args.identity_key == "-" and args.request == "-":
+        raise ValueError("--identity-key and --request cannot both read stdin")
+    lifetime = parse_lifetime(args.lifetime)
+    if args.identity_key == "-":  # from a vault, never written to the disk
+        identity = read_identity_file(Path("/dev/stdin"))
+    elif args.create:
+        identity = new_identity_file(Path(args.identity_key))
+    else:
+        identity = read_identity_file(Path(args.identity_key))
     did = did_from_public(identity.public_key().public_bytes_raw())
-    if args.request is None:  # --create alone: print the public identity to pin
-        print(json.dumps({"did": did}))
-        return 0
+    if args.request is None:  # the public identity, to pin or to init the relay with
+        return {"did": did}
     try:
         if args.request.lstrip().startswith("{"):
             text = args.request
@@ -129,24 +138,16 @@ def cmd_certify(args: argparse.Namespace) -> int:
         signing_public = bytes.fromhex(request["signing_key"])
         wanted = request["did"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: --request: not a signing request ({exc})", file=sys.stderr)
-        return EXIT_USAGE
+        raise ValueError(f"--request: not a signing request ({exc})") from None
     if wanted != did:
-        print(f"error: --request is for {wanted}, the identity key is {did}", file=sys.stderr)
-        return EXIT_USAGE
+        raise ValueError(f"--request is for {wanted}, the identity key is {did}")
     try:
         certificate = SigningCertificate.issue(
             identity, signing_public, int(time.time()) + lifetime
         )
     except ValueError as exc:
-        print(f"error: --request: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        out = {"certificate": certificate.encode().hex(), "expires": iso(certificate.expires)}
-        print(json.dumps(out))
-    else:
-        print(certificate.encode().hex())
-    return 0
+        raise ValueError(f"--request: {exc}") from None
+    return {"certificate": certificate.encode().hex(), "expires": iso(certificate.expires)}
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:

@@ -30,6 +30,7 @@ from .wire import ROLE_RELAY
 
 log = logging.getLogger("ringmesh")
 ROTATE_CHECK_EVERY = 5.0
+CERTIFICATE_WARN_EVERY = 3600.0  # an offline identity's certificate that expires soon
 
 
 READ_BATCH = 64  # datagrams handled per wake-up before the replies are flushed
@@ -43,6 +44,7 @@ class Daemon:
             config.state_dir, ROLE_RELAY, config.epoch_seconds, config.grace_seconds
         )
         self.keys = self.keystore.load()
+        self._warned_at = -CERTIFICATE_WARN_EVERY
         self._check_certificate()  # refuses to start on an expired one
         self.exit_code = 0
         self.relay = Relay(config, self.keys, time.time(), replay_filter=self._open_replay_filter)
@@ -136,8 +138,10 @@ class Daemon:
     # --- reload / rotation -------------------------------------------------------------------
 
     def _check_certificate(self) -> None:
-        warning = check_certificate(self.keys, time.time())
-        if warning is not None:
+        now = time.time()
+        warning = check_certificate(self.keys, now)
+        if warning is not None and now - self._warned_at >= CERTIFICATE_WARN_EVERY:
+            self._warned_at = now
             log.warning("%s", warning)
 
     def _stop_on_expired_certificate(self) -> bool:

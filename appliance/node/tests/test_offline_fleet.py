@@ -111,7 +111,8 @@ def test_a_relay_stops_when_its_certificate_expires_and_then_refuses_to_start(
         assert status is not None and status["identity_offline"] is True
     finally:
         f.stop(relay)
-    assert ringmesh("keys", "show", "--json", config=relay.config).returncode == 0
+    shown = json.loads(ringmesh("keys", "show", "--public", "--json", config=relay.config).stdout)
+    assert shown["identity_offline"] is True and shown["did"] == relay.did
 
 
 def test_certify_takes_the_identity_on_stdin_and_names_bad_input(tmp_path: Path) -> None:

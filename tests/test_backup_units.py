@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -92,8 +93,9 @@ def test_json_documents_reads_whole_documents_and_json_lines() -> None:
     assert list(tool.json_documents("")) == []
 
 
-def make_config(tmp_path: Path) -> object:
+def make_config(tmp_path: Path, hooks: list[dict[str, object]] | None = None) -> Any:
     config = {
+        "hooks": hooks or [],
         "client": "relay1",
         "sources": [str(tmp_path / "etc"), str(tmp_path / "state")],
         "allowed_files": [f"{tmp_path}/etc/*", f"{tmp_path}/state/keys/*"],
@@ -142,3 +144,32 @@ def test_metrics_name_each_repository_and_the_intervals(tmp_path: Path) -> None:
     tool.save_state(config, state)
     assert (tmp_path / "metrics" / "ringmesh_backup.prom").read_text() == text
     assert tool.load_state(config)["borg@relay2"].size_bytes == 42.0
+
+
+def write_hook(tmp_path: Path, body: str) -> str:
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nset -eu\n{body}\n")
+    hook.chmod(0o755)
+    return str(hook)
+
+
+def test_a_hook_runs_before_the_backup_and_what_it_writes_is_backed_up(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "state").mkdir()
+    out = tmp_path / "ledger-backup"
+    command = write_hook(tmp_path, f"mkdir -p {out}; echo snapshot > {out}/etcd.snapshot")
+    config = make_config(tmp_path, [{"name": "ledger", "command": command, "paths": [str(out)]}])
+    assert str(out) not in config.source_paths()  # nothing there before the hook ran
+    tool.run_hooks(config)
+    assert str(out) in config.source_paths()
+    tool.verify_sources(config)  # the hook's files need no entry in the allow list
+
+
+def test_a_failing_hook_stops_the_backup_naming_it(tmp_path: Path) -> None:
+    command = write_hook(tmp_path, "echo 'etcd: connection refused' >&2; exit 3")
+    config = make_config(tmp_path, [{"name": "ledger", "command": command, "paths": [str(tmp_path / "out")]}])
+    with pytest.raises(tool.BackupError, match=r"backup hook ledger .* exited 3: etcd: connection refused"):
+        tool.run_hooks(config)
+    missing = make_config(tmp_path, [{"name": "gone", "command": str(tmp_path / "nope"), "paths": []}])
+    with pytest.raises(tool.BackupError, match=r"backup hook gone .* did not run"):
+        tool.run_hooks(missing)

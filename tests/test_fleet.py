@@ -136,6 +136,12 @@ def test_first_up_converges_and_delivers_the_smoke_messages(first_up: LabRun) ->
     assert all(row["acked"] and row["received"] for row in smoke.values()), smoke
 
 
+def test_first_up_ends_with_a_confidential_ledger_transfer(first_up: LabRun) -> None:
+    transfer = first_up.summary["ledger_smoke"]
+    assert int(transfer["received"]) == int(transfer["amount"]) > 0, transfer
+    assert transfer["digests_agree"] in (True, "True"), transfer
+
+
 def test_fleet_table_shows_every_relay_with_its_peers_up(first_up: LabRun) -> None:
     relays = first_up.summary["relays"]
     assert set(relays) == set(RELAYS), first_up.explain()
@@ -236,6 +242,9 @@ def test_restore_drill_restores_into_scratch_and_matches_the_live_files(converge
     assert run.ok, run.explain()
     report = json.dumps([r.result for r in run.results()])
     assert "same as live" in report and "identity did:key:" in report, report
+    # The ledger's backup hook ran first: its consistent copies came back from the archive.
+    for copy in ("etcd.snapshot", "ledger.db", "ledger.key"):
+        assert f"/var/backups/ringmesh-ledger/{copy}" in report, f"{copy}: not in relay1's restored archive"
     assert node_pid(relay) == pid, "the drill must not touch the running node"
     assert relay.run("ls -d /tmp/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"
 

@@ -13,6 +13,7 @@ reach past the length and signature checks. `make fuzz` runs every target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import random
@@ -28,6 +29,7 @@ import atheris
 
 with atheris.instrument_imports():
     from ringmesh import directory, messaging
+    from ringmesh.certificate import CertificateError, SigningCertificate
     from ringmesh.client import SurbKeys
     from ringmesh.codec import ChunkAssembler, CodecError, directory_messages
     from ringmesh.config import Config, ConfigError, RelayEntry, parse_config, render_config
@@ -124,6 +126,8 @@ def _directory(data: bytes) -> None:
 def _descriptor(data: bytes) -> None:
     with contextlib.suppress(DescriptorError):
         Descriptor.decode(data).check_valid(NOW)
+    with contextlib.suppress(CertificateError):
+        SigningCertificate.decode(data).check_valid(NOW)
 
 
 def _config(data: bytes) -> None:
@@ -196,7 +200,18 @@ def seeds(target: str) -> list[bytes]:
         signed = directory.SignedDirectory(view, ((RELAY.identity_public, signature),)).encode()
         return [signed, *directory_messages(signed)]
     if target == "descriptor":
-        return [RELAY.current.descriptor.encode(), CLIENT.current.descriptor.encode()]
+        # A descriptor signed by a signing key that RELAY's identity certifies.
+        signer = RELAY.signing_key
+        certificate = SigningCertificate.issue(
+            RELAY.identity, signer.public_key().public_bytes_raw(), int(NOW) + 86400
+        )
+        certified = dataclasses.replace(RELAY.current.descriptor, certificate=certificate)
+        return [
+            RELAY.current.descriptor.encode(),
+            CLIENT.current.descriptor.encode(),
+            certified.encode(),
+            certificate.encode(),
+        ]
     if target == "config":
         relays = (RelayEntry.from_did(RELAY.did, ("10.0.0.1", 7733)),)
         return [render_config(Config(STATE / "node.toml", relays=relays)).encode()]

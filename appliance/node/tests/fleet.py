@@ -123,23 +123,82 @@ class Fleet:
             **(self.client_values | values),
         )
 
-    def make_node(self, name: str, host: str = "127.0.0.1") -> Node:
+    def make_node(
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        offline_identity: Path | None = None,
+        lifetime: str = "30d",
+    ) -> Node:
+        """A node with its keystore; with offline_identity (the operator's identity key file,
+        made if absent) the keystore holds a certified signing key instead."""
         state = self.root / name
         state.mkdir(mode=0o700)
         node = Node(name, state, self.root / f"{name}.toml", free_udp_port(), free_tcp_port())
         node.host = host
         self.write_config(node, metrics_listen=None)  # enough to run `keys init` with
-        out = ringmesh("keys", "init", config=node.config)
+        offline: list[str] = []
+        if offline_identity is not None:
+            made = ringmesh(
+                "keys",
+                "certify",
+                "--identity-key",
+                str(offline_identity),
+                "--create",
+                config=node.config,
+            )
+            assert made.returncode == 0, made.stderr
+            offline = ["--offline-identity", json.loads(made.stdout)["did"]]
+        out = ringmesh("keys", "init", *offline, config=node.config)
         assert out.returncode == 0, out.stderr
+        if offline_identity is not None:
+            self.certify(node, offline_identity, lifetime)
         show = ringmesh("keys", "show", "--public", "--json", config=node.config)
         node.did = json.loads(show.stdout)["did"]
         return node
 
+    def certify(self, node: Node, identity_key: Path, lifetime: str = "30d") -> dict[str, Any]:
+        """What the operator's machine does: certify the node's signing request, install it."""
+        request = ringmesh("keys", "signing-request", config=node.config)
+        assert request.returncode == 0, request.stderr
+        certificate = ringmesh(
+            "keys",
+            "certify",
+            "--identity-key",
+            str(identity_key),
+            "--lifetime",
+            lifetime,
+            "--request",
+            "-",
+            config=node.config,
+            stdin=request.stdout,
+        )
+        assert certificate.returncode == 0, certificate.stderr
+        out = ringmesh(
+            "keys", "install-cert", "--json", config=node.config, stdin=certificate.stdout
+        )
+        assert out.returncode == 0, out.stderr
+        installed: dict[str, Any] = json.loads(out.stdout)
+        return installed
+
+    def identity_file(self, node_name: str) -> Path:
+        """Where the operator keeps a relay's offline identity key (outside its state)."""
+        return self.root / f"{node_name}.identity"
+
     def create(
-        self, n_relays: int, n_clients: int, proxies: bool = False, hosts: list[str] | None = None
+        self,
+        n_relays: int,
+        n_clients: int,
+        proxies: bool = False,
+        hosts: list[str] | None = None,
+        offline: tuple[int, ...] = (),  # relays (by index) whose identity key stays offline
     ) -> None:
         hosts = hosts or ["127.0.0.1"] * n_relays
-        self.relays = [self.make_node(f"relay{i + 1}", hosts[i]) for i in range(n_relays)]
+        names = [f"relay{i + 1}" for i in range(n_relays)]
+        self.relays = [
+            self.make_node(name, hosts[i], self.identity_file(name) if i in offline else None)
+            for i, name in enumerate(names)
+        ]
         if proxies:
             for relay in self.relays:
                 proxy = RecordingProxy(relay.port)

@@ -131,7 +131,8 @@ def test_authority_collects_signatures_and_serves_the_newest_majority_view() -> 
     assert newest is not None and newest.directory == new_view
 
     # forged, unpinned or stale signatures are refused
-    forged = authorities[1].signature_message[:-1] + b"\x00"
+    signed = authorities[1].signature_message
+    forged = signed[:-1] + bytes([signed[-1] ^ 1])  # a changed byte (not one that may be 0 already)
     assert not authorities[0].add_signature(authorities[1].identity, forged, NOW)
     assert not authorities[0].add_signature(os.urandom(32), authorities[1].signature_message, NOW)
     assert not authorities[0].add_signature(

@@ -3,12 +3,14 @@ KEM, rotation, and forward secrecy once a prekey is destroyed."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from simnet import SimNet
@@ -175,28 +177,37 @@ def test_through_the_mixnet_a_message_sealed_to_a_destroyed_prekey_stays_closed(
     prekeys.maintain(net.now + 8 * DAY + 1)  # destroyed
     assert sealing.prekey_id not in [p.prekey_id for p in prekeys.held()]
 
-    # The attacker peels what it recorded with Bob's identity key, down to the sealed body.
-    x_key = ed25519_seed_to_x25519(bob.keys.identity.private_bytes_raw())
-    reassembler = m.Reassembler()
-    sealed: list[bytes] = []
-    for payload in recorded:
-        try:
-            frag = m.parse_fragment(m.open_envelope(x_key, payload))
-        except m.EnvelopeError:
-            continue  # acks, loops and cover
-        complete = reassembler.add(frag, net.now)
-        if complete is not None and complete.sealed:
-            sealed.append(complete.body)
-    (blob,) = sealed
-    assert body not in blob
+    # The attacker holds Bob's identity key and every prekey file left: with a bundle every
+    # fragment (ids, reply blocks, the sealed body) was sealed to the destroyed prekey, so
+    # none of what it recorded opens.
     seized = [
         Prekey.decode(sealing.prekey_id, p.read_bytes()) for p in prekeys.dir.glob("prekey-*")
     ]
     assert seized
+    attacker_keys = [ed25519_seed_to_x25519(bob.keys.identity.private_bytes_raw())]
+    attacker_keys += [p.envelope_key() for p in seized]
+    assert peel(recorded, attacker_keys) == []
+    # The destroyed key would have opened every layer: the recording holds the message.
+    (blob,) = peel(recorded, [sealing.envelope_key()])
     for candidate in seized:
         with pytest.raises(PrekeyError):
             open_sealed(candidate, bob_id, blob)
-    assert open_sealed(sealing, bob_id, blob) == body  # the destroyed key would have
+    assert open_sealed(sealing, bob_id, blob) == body
+
+
+def peel(recorded: list[bytes], keys: list[X25519PrivateKey]) -> list[bytes]:
+    """The sealed bodies that the fragments in recorded reassemble to, opened with keys."""
+    reassembler = m.Reassembler()
+    sealed = []
+    for payload, key in itertools.product(recorded, keys):
+        try:
+            frag = m.parse_fragment(m.open_envelope(key, payload))
+        except m.EnvelopeError:
+            continue  # not for this key: acks, loops, cover, or sealed to another key
+        complete = reassembler.add(frag, 0.0)
+        if complete is not None and complete.sealed:
+            sealed.append(complete.body)
+    return sealed
 
 
 def _maintain_in_another_process(keys_dir: str, seed: bytes) -> bytes:

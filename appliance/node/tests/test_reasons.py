@@ -10,7 +10,14 @@ from prometheus_client import CollectorRegistry
 from simnet import SimNet
 
 from ringmesh.metrics import RelayCollector
-from ringmesh.reasons import FAMILIES, Counters, Drop, HandshakeFailure, Refusal
+from ringmesh.reasons import (
+    FAMILIES,
+    CertificateFailure,
+    Counters,
+    Drop,
+    HandshakeFailure,
+    Refusal,
+)
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -43,6 +50,7 @@ def test_the_metrics_export_every_drop_and_handshake_failure(tmp_path: Path) -> 
     for name, family in (
         ("ringmesh_packets_dropped_total", Drop),
         ("ringmesh_handshakes_failed_total", HandshakeFailure),
+        ("ringmesh_certificates_refused_total", CertificateFailure),
     ):
         labels = {
             s.labels["reason"]: s.value
@@ -58,5 +66,9 @@ def test_the_metrics_export_every_drop_and_handshake_failure(tmp_path: Path) -> 
 
 def test_the_readme_documents_every_reason() -> None:
     text = README.read_text()
-    missing = [r.counter for r in [*Drop, *HandshakeFailure, *Refusal] if f"| `{r}` |" not in text]
+    missing = [
+        r.counter
+        for r in [*Drop, *HandshakeFailure, *Refusal, *CertificateFailure]
+        if f"| `{r}` |" not in text
+    ]
     assert not missing, f"undocumented in {README.name}: {missing}"

@@ -63,6 +63,16 @@ class Repository:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """A command run before each backup that writes consistent copies of live data (an
+    etcd snapshot, an SQLite online backup) under `paths`, which the backup then includes."""
+
+    name: str
+    command: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     client: str
     sources: tuple[str, ...]
@@ -78,6 +88,7 @@ class Config:
     ringmesh: str
     node_user: str
     timeout_seconds: int
+    hooks: tuple[Hook, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -94,10 +105,16 @@ class Config:
                 )
                 for r in raw["repositories"]
             )
+            hooks = tuple(
+                Hook(name=str(h["name"]), command=str(h["command"]), paths=tuple(str(p) for p in h["paths"]))
+                for h in raw.get("hooks", [])
+            )
+            hook_paths = tuple(path for hook in hooks for path in hook.paths)
             return cls(
                 client=str(raw["client"]),
-                sources=tuple(raw["sources"]),
-                allowed_files=tuple(raw["allowed_files"]),
+                # What a hook writes is backed up and allowed, whatever its files are called.
+                sources=(*raw["sources"], *hook_paths),
+                allowed_files=(*raw["allowed_files"], *hook_paths, *(f"{path}/*" for path in hook_paths)),
                 excludes=tuple(raw["excludes"]),
                 repositories=repositories,
                 restic_password_file=str(raw["restic_password_file"]),
@@ -109,6 +126,7 @@ class Config:
                 ringmesh=str(raw["ringmesh"]),
                 node_user=str(raw["node_user"]),
                 timeout_seconds=int(raw["timeout_seconds"]),
+                hooks=hooks,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise BackupError(f"{path}: unreadable configuration ({error!r})") from None
@@ -200,6 +218,21 @@ def unexpected_files(config: Config) -> list[str]:
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in config.allowed_files):
                 found.append(name)
     return sorted(found)
+
+
+def run_hooks(config: Config) -> None:
+    """Each hook in order; the first that fails stops the backup, named with its own words."""
+    for hook in config.hooks:
+        began = time.time()
+        try:
+            subprocess.run([hook.command], check=True, capture_output=True, text=True, timeout=config.timeout_seconds)
+        except subprocess.CalledProcessError as error:
+            lines = (error.stderr or error.stdout or "").strip().splitlines()
+            last = lines[-1] if lines else "no output"
+            raise BackupError(f"backup hook {hook.name} ({hook.command}) exited {error.returncode}: {last}") from None
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise BackupError(f"backup hook {hook.name} ({hook.command}) did not run: {error}") from None
+        log(f"hook {hook.name}: ok in {time.time() - began:.1f}s")
 
 
 def verify_sources(config: Config) -> None:
@@ -334,6 +367,7 @@ JOBS = {"backup": run_backup, "check": run_check}
 def run_job(config: Config, tool: str, job: str) -> int:
     """One job on every repository of one tool; 1 if any failed (the journal says which and why)."""
     if job == "backup":
+        run_hooks(config)
         verify_sources(config)
     state = load_state(config)
     failed = []

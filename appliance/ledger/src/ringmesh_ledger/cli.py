@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,13 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+def _fleet_tls(config: LedgerConfig) -> ssl.SSLContext | None:
+    """The first ring's API certificates come from the fleet CA that also signs etcd's."""
+    return ssl.create_default_context(cafile=config.etcd_ca) if config.etcd_ca else None
+
+
 def _client(config: LedgerConfig) -> LedgerClient:
-    return LedgerClient(config.first_ring)
+    return LedgerClient(config.first_ring, _fleet_tls(config))
 
 
 def _submit(args: argparse.Namespace, config: LedgerConfig, built: builder.Built) -> dict[str, Any]:
@@ -104,9 +110,12 @@ async def _run(config: LedgerConfig) -> None:
 
 def cmd_status(args: argparse.Namespace, config: LedgerConfig) -> int:
     host, port = config.api_listen
+    if host in ("0.0.0.0", "::"):  # listening everywhere: ask it on loopback
+        host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
     scheme = "https" if config.tls_cert else "http"
+    context = _fleet_tls(config) if config.tls_cert else None
     try:
-        status = request(f"{scheme}://{host}:{port}/v1/status", timeout=5)
+        status = request(f"{scheme}://{host}:{port}/v1/status", timeout=5, context=context)
     except (OSError, NodeError) as exc:
         _print(args, {"error": str(exc)}, f"ledger node not answering: {exc}")
         return 1
@@ -114,13 +123,19 @@ def cmd_status(args: argparse.Namespace, config: LedgerConfig) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace, config: LedgerConfig) -> int:
+def cmd_keys(args: argparse.Namespace) -> int:
     if args.action == "init":
         key, created = load_or_create(args.wallet / "wallet.key")
         _print(args, {"did": key.did, "created": created}, "created" if created else "exists")
     else:
         key = load(args.wallet / "wallet.key")
         _print(args, {"did": key.did}, key.did)
+    return 0
+
+
+def cmd_node_key(args: argparse.Namespace) -> int:
+    key, created = load_or_create(args.state_dir / "ledger.key")
+    _print(args, {"did": key.did, "created": created}, "created" if created else key.did)
     return 0
 
 
@@ -224,7 +239,14 @@ def parser() -> argparse.ArgumentParser:
     )
     keys = sub.add_parser("keys", help="the wallet key (a did:key)")
     keys.add_argument("action", choices=["init", "show"])
-    keys.set_defaults(func=cmd_keys)
+    keys.set_defaults(without_config=cmd_keys)
+    node_key = sub.add_parser(
+        "node-key", help="create the ledger node's signing key if absent and show its did"
+    )
+    node_key.add_argument(
+        "--state-dir", type=Path, required=True, help="the node's state_dir (key in ledger.key)"
+    )
+    node_key.set_defaults(without_config=cmd_node_key)
     sub.add_parser("balance", help="coins, memos and states of this wallet").set_defaults(
         func=cmd_balance
     )
@@ -253,6 +275,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        # Keys come before any config: the config names them (issuer, [[first_ring]]).
+        if hasattr(args, "without_config"):
+            return int(args.without_config(args))
         config = load_config(args.config)
         return int(args.func(args, config))
     except ConfigError as exc:

@@ -25,6 +25,10 @@ from .model import UtxoType
 from .store import SnapshotError, UtxoStore, leaf_hash
 from .verify import Reject, Rejected
 
+# How long a submission waits for etcd to elect a leader (its election timeout is about 1 s)
+# before it is refused with 503 etcd_unavailable.
+COMMIT_RETRY_SECONDS = 10.0
+
 log = logging.getLogger("ringmesh_ledger")
 
 
@@ -139,11 +143,7 @@ class LedgerService:
         finally:
             self.metrics.proof_time.labels("submit").observe(self.core.proof_seconds - before)
         absent, puts = self.core.commit_request(checked, data)
-        succeeded, revision = await self.etcd.create_all(absent, puts)
-        if not succeeded:
-            raise Rejected(
-                Reject.DOUBLE_SPEND, "an input was spent by a transaction committed first"
-            )
+        revision = await self._commit(absent, puts, data)
         applied = await self.wait_for_height(revision, 15)
         created = [i.hex() for i, _ in checked.created]
         accepted = applied and all(
@@ -159,24 +159,32 @@ class LedgerService:
     async def _commit(
         self, absent: list[bytes], puts: list[tuple[bytes, bytes]], data: bytes
     ) -> int:
-        """Commit, retrying while etcd elects a leader; a retry that finds our own transaction
-        already recorded (the first attempt did commit) counts as success."""
-        for attempt in range(4):
+        """Commit, retrying while etcd elects a leader (bounded by COMMIT_RETRY_SECONDS). A retry
+        that finds our own transaction already recorded (an earlier attempt did commit and
+        only its answer was lost) counts as success."""
+        deadline = time.monotonic() + COMMIT_RETRY_SECONDS
+        delay, retried = 0.1, False
+        while True:
             try:
                 succeeded, revision = await self.etcd.create_all(absent, puts)
-            except etcd.EtcdError:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.5 * (attempt + 1))
+            except etcd.EtcdError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise etcd.EtcdError(
+                        f"etcd did not commit within {COMMIT_RETRY_SECONDS:.0f} s "
+                        f"(no leader or no quorum): {exc}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay, retried = min(delay * 2, 2.0), True
                 continue
             if succeeded:
                 return revision
-            if attempt:
+            if retried:
                 kvs, _, _ = await self.etcd.range_prefix(absent[0])
                 if kvs and kvs[0].key == absent[0] and kvs[0].value == data:
                     return kvs[0].create_revision
-            break
-        raise Rejected(Reject.DOUBLE_SPEND, "an input was spent by a transaction committed first")
+            raise Rejected(
+                Reject.DOUBLE_SPEND, "an input was spent by a transaction committed first"
+            )
 
     # HTTP API ------------------------------------------------------------------------------
 

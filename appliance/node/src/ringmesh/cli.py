@@ -13,9 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .certificate import (
+    DEFAULT_LIFETIME,
+    SigningCertificate,
+    new_identity_file,
+    parse_lifetime,
+    read_identity_file,
+)
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from .did import DidError, public_from_did
-from .keystore import Keys, Keystore, KeystoreError, public_summary
+from .did import DidError, did_from_public, public_from_did
+from .keystore import Keys, Keystore, KeystoreError, check_certificate, iso, public_summary
 from .reasons import Drop
 from .wire import ROLE_CLIENT, ROLE_RELAY
 
@@ -51,7 +58,27 @@ def control_request(
 def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     store = _keystore(config)
     if args.keys_cmd == "init":
-        print(store.init())
+        print(store.init(offline_identity=args.offline_identity))
+        return 0
+    if args.keys_cmd == "signing-request":
+        print(json.dumps(store.signing_request(args.renew_within)))
+        return 0
+    if args.keys_cmd == "install-cert":
+        text = Path(args.file).read_text() if args.file else sys.stdin.read()
+        try:
+            raw = bytes.fromhex(text.strip())
+        except ValueError:
+            raise KeystoreError(
+                "the certificate is not hex (the output of 'keys certify')"
+            ) from None
+        certificate = store.install_certificate(raw)
+        answer = control_request(config, {"cmd": "reload"})
+        out = {
+            "expires": iso(certificate.expires),
+            "expires_timestamp": certificate.expires,
+            "reloaded": bool(answer and answer.get("ok")),
+        }
+        print(json.dumps(out) if args.json else f"installed; expires {out['expires']}")
         return 0
     if args.keys_cmd == "show":
         summary = public_summary(store.load())
@@ -71,6 +98,58 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_certify(args: argparse.Namespace) -> int:
+    """On the operator's machine: certify a relay's signing request with the identity key."""
+    try:
+        out = _certify(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json or "certificate" not in out:
+        print(json.dumps(out))
+    else:
+        print(out["certificate"])
+    return 0
+
+
+def _certify(args: argparse.Namespace) -> dict[str, str]:
+    """{"did"} of the identity key, and with --request {"certificate", "expires"}; bad input
+    raises ValueError naming the option."""
+    if args.identity_key == "-" and args.request == "-":
+        raise ValueError("--identity-key and --request cannot both read stdin")
+    lifetime = parse_lifetime(args.lifetime)
+    if args.identity_key == "-":  # from a vault, never written to the disk
+        identity = read_identity_file(Path("/dev/stdin"))
+    elif args.create:
+        identity = new_identity_file(Path(args.identity_key))
+    else:
+        identity = read_identity_file(Path(args.identity_key))
+    did = did_from_public(identity.public_key().public_bytes_raw())
+    if args.request is None:  # the public identity, to pin or to init the relay with
+        return {"did": did}
+    try:
+        if args.request.lstrip().startswith("{"):
+            text = args.request
+        elif args.request == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(args.request).read_text()
+        request = json.loads(text)
+        signing_public = bytes.fromhex(request["signing_key"])
+        wanted = request["did"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--request: not a signing request ({exc})") from None
+    if wanted != did:
+        raise ValueError(f"--request is for {wanted}, the identity key is {did}")
+    try:
+        certificate = SigningCertificate.issue(
+            identity, signing_public, int(time.time()) + lifetime
+        )
+    except ValueError as exc:
+        raise ValueError(f"--request: {exc}") from None
+    return {"certificate": certificate.encode().hex(), "expires": iso(certificate.expires)}
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from .daemon import run_daemon
 
@@ -79,7 +158,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if config.role != "relay":
         raise ConfigError("node.role", "must be 'relay' to run the daemon")
-    _keystore(config).load()  # refuse early on a missing or loose keystore
+    # Refuse early on a missing or loose keystore, or an expired signing certificate.
+    check_certificate(_keystore(config).load(), time.time())
     if control_request(config, {"cmd": "status"}, timeout=2.0) is not None:
         print(f"error: a node already runs on {config.control_socket}", file=sys.stderr)
         return 1
@@ -242,7 +322,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     keys = sub.add_parser("keys", parents=[common], help="keystore")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    keys_sub.add_parser("init", parents=[common], help="create the keystore if absent")
+    init = keys_sub.add_parser("init", parents=[common], help="create the keystore if absent")
+    init.add_argument(
+        "--offline-identity",
+        metavar="DID",
+        help="the identity key (this did:key) stays offline; do not make one here",
+    )
+    request = keys_sub.add_parser(
+        "signing-request",
+        parents=[common],
+        help="offline identity: print the did and a signing key to certify (JSON, public)",
+    )
+    request.add_argument(
+        "--renew-within",
+        type=float,
+        metavar="SECONDS",
+        help="no new key while the installed certificate has longer than SECONDS left",
+    )
+    certify = keys_sub.add_parser(
+        "certify",
+        parents=[common],
+        help="on the operator's machine: certify a signing request with the identity key",
+    )
+    certify.add_argument(
+        "--identity-key", required=True, help="FILE with the hex seed ('-': stdin)"
+    )
+    certify.add_argument(
+        "--request", help="the signing request: FILE, '-' (stdin) or the JSON itself"
+    )
+    certify.add_argument(
+        "--lifetime",
+        default=f"{DEFAULT_LIFETIME // 86400}d",
+        help="how long the certificate lasts: 30d, 12h, SECONDS (default %(default)s)",
+    )
+    certify.add_argument(
+        "--create", action="store_true", help="make the identity key FILE if it is absent"
+    )
+    install = keys_sub.add_parser(
+        "install-cert", parents=[common], help="offline identity: install a certificate"
+    )
+    install.add_argument("--file", help="read the certificate (hex) from FILE, not stdin")
     show = keys_sub.add_parser("show", parents=[common], help="print the public identity")
     show.add_argument("--public", action="store_true", help="public material only (always)")
     keys_sub.add_parser("rotate", parents=[common], help="new onion and link keys (epoch + 1)")
@@ -274,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "keys" and args.keys_cmd == "certify":
+        return cmd_certify(args)  # on the operator's machine: no node config there
     try:
         config = load_config(args.config)
         handler = {

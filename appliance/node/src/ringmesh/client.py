@@ -28,6 +28,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import directory
 from . import messaging as m
@@ -237,6 +238,8 @@ class _Outgoing:
     queued: int = 0  # fragments of the current attempt still waiting for their tick
     ack_due: float | None = None  # set when the last fragment has left
     sealed: bool = False  # body is sealed to the recipient's prekey
+    # The prekey's X25519 half, which every fragment is sealed to when there is a bundle.
+    envelope_key: X25519PublicKey | None = None
     paths: list[list[bytes]] = field(default_factory=list)  # the current attempt's
 
 
@@ -289,6 +292,7 @@ class Client:
         self.reply_mailbox = reply_mailbox_id(self._token)  # acks and loops come back here
         self.user_mailbox = user_mailbox_id(keys.identity_public)
         self._x_key = ed25519_seed_to_x25519(keys.identity.private_bytes_raw())
+        self._envelope_keys = [self._x_key]
         self._next_send = float("inf")
         self._next_loop = float("inf")
         self._next_maintenance = 0.0
@@ -349,6 +353,8 @@ class Client:
         relay, `held` opens what was sealed to any of them."""
         self._bundle = bundle
         self._prekeys = {p.prekey_id: p for p in held}
+        # Fragments arrive sealed to a held prekey, or (no bundle) to the identity's key.
+        self._envelope_keys = [p.envelope_key() for p in held] + [self._x_key]
         if self.session is not None and self.session.ready:
             self.link.send(self.session, bytes([MSG_PREKEY]) + bundle.encode())
 
@@ -411,6 +417,7 @@ class Client:
             now + timeout,
             retransmit,
             sealed=bundle is not None,
+            envelope_key=bundle.envelope_key() if bundle is not None else None,
         )
         self._start_attempt(message, now)
         self._outgoing[message.message_id] = message
@@ -524,6 +531,8 @@ class Client:
             fresh = directory.verify(raw, self.ring, now)
         except directory.DirectoryError as exc:
             self.counters[exc.reason.counter] += 1
+            if exc.certificate is not None:
+                self.counters[exc.certificate.counter] += 1
             self._directory_refusal = str(exc)
             return
         if self.home.identity not in {d.identity for d in fresh.descriptors}:
@@ -725,7 +734,7 @@ class Client:
         mid = message.message_id
         ack_block = self._issue_surb(ack_path, self.reply_mailbox, m.SURB_ACK, mid, now)
         reply_block = self._issue_surb(reply_path, self.user_mailbox, m.SURB_REPLY, mid, now)
-        recipient_x = ed25519_public_to_x25519(message.recipient)
+        recipient_x = message.envelope_key or ed25519_public_to_x25519(message.recipient)
         mailbox = user_mailbox_id(message.recipient)
         plains = m.split_message(mid, message.body, ack_block, reply_block, message.sealed)
         for plain in plains:
@@ -806,10 +815,17 @@ class Client:
         else:
             self.counters[Drop.BAD_REPLY.counter] += 1
 
+    def _open_fragment(self, payload: bytes) -> m.Fragment | None:
+        for key in self._envelope_keys:
+            try:
+                return m.parse_fragment(m.open_envelope(key, payload))
+            except m.EnvelopeError:
+                continue
+        return None
+
     def _on_fragment(self, payload: bytes, now: float) -> None:
-        try:
-            frag = m.parse_fragment(m.open_envelope(self._x_key, payload))
-        except m.EnvelopeError:
+        frag = self._open_fragment(payload)
+        if frag is None:
             self.counters[Drop.BAD_FRAGMENT.counter] += 1
             return
         mid = frag.message_id

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
-from .keystore import EpochKeys, Keystore, KeystoreError
+from .keystore import (
+    EpochKeys,
+    Keystore,
+    KeystoreError,
+    certificate_summary,
+    check_certificate,
+)
 from .metrics import serve_metrics
 from .reasons import Drop
 from .relay import Relay
@@ -24,6 +30,7 @@ from .wire import ROLE_RELAY
 
 log = logging.getLogger("ringmesh")
 ROTATE_CHECK_EVERY = 5.0
+CERTIFICATE_WARN_EVERY = 3600.0  # an offline identity's certificate that expires soon
 
 
 READ_BATCH = 64  # datagrams handled per wake-up before the replies are flushed
@@ -37,6 +44,9 @@ class Daemon:
             config.state_dir, ROLE_RELAY, config.epoch_seconds, config.grace_seconds
         )
         self.keys = self.keystore.load()
+        self._warned_at = -CERTIFICATE_WARN_EVERY
+        self._check_certificate()  # refuses to start on an expired one
+        self.exit_code = 0
         self.relay = Relay(config, self.keys, time.time(), replay_filter=self._open_replay_filter)
         self.sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -127,6 +137,25 @@ class Daemon:
 
     # --- reload / rotation -------------------------------------------------------------------
 
+    def _check_certificate(self) -> None:
+        now = time.time()
+        warning = check_certificate(self.keys, now)
+        if warning is not None and now - self._warned_at >= CERTIFICATE_WARN_EVERY:
+            self._warned_at = now
+            log.warning("%s", warning)
+
+    def _stop_on_expired_certificate(self) -> bool:
+        """A relay whose certificate expired stops offering itself (peers refuse its
+        descriptor and votes anyway) and exits non-zero until a new one is installed."""
+        try:
+            self._check_certificate()
+        except KeystoreError as exc:
+            log.error("stopping: %s", exc)
+            self.exit_code = 1
+            self._stop.set()
+            return True
+        return False
+
     def reload(self, rotated: bool = False) -> dict[str, Any]:
         """Reload keys and [[relays]] without a restart (SIGHUP, control socket)."""
         now = time.time()
@@ -141,6 +170,7 @@ class Daemon:
             keys = self.keystore.load(now)
             self.relay.update_keys(keys, now)
             self.keys = keys
+            self._check_certificate()
         except KeystoreError as exc:
             log.error("reload: keeping the old keys: %s", exc)
             return {"ok": False, "error": str(exc)}
@@ -157,6 +187,8 @@ class Daemon:
         while not self._stop.is_set():
             await asyncio.sleep(ROTATE_CHECK_EVERY)
             now = time.time()
+            if self._stop_on_expired_certificate():
+                return
             try:
                 if now >= self.keys.current.expires or self._replay_budget_spent():
                     if now < self.keys.current.expires:
@@ -205,6 +237,7 @@ class Daemon:
             }
             for key in self.relay.onion_keys
         ]
+        out.update(certificate_summary(self.keys))  # offline identity: the expiry
         out["ok"] = True
         return out
 
@@ -271,4 +304,4 @@ def run_daemon(config: Config) -> int:
     )
     daemon = Daemon(config)
     asyncio.run(daemon.run())
-    return 0
+    return daemon.exit_code

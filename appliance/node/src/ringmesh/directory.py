@@ -2,13 +2,15 @@
 
 Every relay of the first ring (the pinned [[relays]]) puts its own current descriptor and the
 latest valid descriptor of each pinned peer into a directory for the current epoch, signs its
-digest with its identity key and sends the signature to its peers. A directory that a
-majority of the ring signed is what relays hand to clients; a client checks the majority
-against its own pins, so its home relay can pass the directory on but not shape it (leave a
-relay out, change a key): any change alters the digest and the signatures no longer match.
+digest with its identity key (or the signing key its identity certifies) and sends the
+signature to its peers. A directory that a majority of the ring signed is what relays hand
+to clients; a client checks the majority against its own pins, so its home relay can pass
+the directory on but not shape it (leave a relay out, change a key): any change alters the
+digest and the signatures no longer match.
 
 Wire form (sent to clients in chunks): body | count (2) | count x (signer (32) | signature (64)).
-Body: version (1) | epoch (4) | count (2) | count x descriptor, sorted by identity.
+Body: version (1) | epoch (4) | count (2) | count x descriptor (each with its signing
+certificate when it has one), sorted by identity.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
-from .reasons import Refusal
+from .descriptor import MAX_DESCRIPTOR_LEN, Descriptor, DescriptorError
+from .reasons import CertificateFailure, Refusal
 from .wire import ROLE_RELAY
 
 PERIOD = 3600.0  # seconds per directory epoch
@@ -33,16 +35,19 @@ _COUNT = struct.Struct("!H")
 _SIG_MSG = struct.Struct("!I32s64s")  # epoch, digest, signature (relay to relay)
 SIG_ENTRY_LEN = 32 + 64
 MAX_RELAYS = 1024
-MAX_ENCODED = _HEAD.size + MAX_RELAYS * (DESCRIPTOR_LEN + SIG_ENTRY_LEN) + _COUNT.size
+MAX_ENCODED = _HEAD.size + MAX_RELAYS * (MAX_DESCRIPTOR_LEN + SIG_ENTRY_LEN) + _COUNT.size
 _KEPT_VIEWS = 8  # own past views whose signatures are still collected
 
 
 class DirectoryError(ValueError):
     """A directory a client must refuse, and why."""
 
-    def __init__(self, reason: Refusal, detail: str) -> None:
+    def __init__(
+        self, reason: Refusal, detail: str, certificate: CertificateFailure | None = None
+    ) -> None:
         super().__init__(f"directory refused: {detail}")
         self.reason = reason
+        self.certificate = certificate  # why a listed descriptor's certificate was refused
 
 
 def epoch_at(now: float) -> int:
@@ -78,19 +83,21 @@ class Directory:
 
     @classmethod
     def decode_body(cls, raw: bytes) -> tuple[Directory, int]:
-        """(directory, bytes used); checks every descriptor's identity signature."""
+        """(directory, bytes used); checks every descriptor's signature chain."""
         if len(raw) < _HEAD.size:
             raise DirectoryError(Refusal.MALFORMED, "too short")
         version, epoch, count = _HEAD.unpack_from(raw)
-        end = _HEAD.size + count * DESCRIPTOR_LEN
-        if version != VERSION or count > MAX_RELAYS or len(raw) < end:
+        if version != VERSION or count > MAX_RELAYS:
             raise DirectoryError(Refusal.MALFORMED, "bad header")
         descriptors = []
-        for offset in range(_HEAD.size, end, DESCRIPTOR_LEN):
+        end = _HEAD.size
+        for _ in range(count):
             try:
-                descriptors.append(Descriptor.decode(raw[offset : offset + DESCRIPTOR_LEN]))
+                desc, used = Descriptor.decode_prefix(raw[end : end + MAX_DESCRIPTOR_LEN])
             except DescriptorError as exc:
-                raise DirectoryError(Refusal.BAD_DESCRIPTOR, str(exc)) from None
+                raise DirectoryError(Refusal.BAD_DESCRIPTOR, str(exc), exc.certificate) from None
+            descriptors.append(desc)
+            end += used
         directory = cls(epoch, tuple(descriptors))
         identities = [d.identity for d in descriptors]
         if identities != sorted(set(identities)):
@@ -98,8 +105,9 @@ class Directory:
         return directory, end
 
 
-def sign(identity_key: Ed25519PrivateKey, directory: Directory) -> bytes:
-    return identity_key.sign(_CONTEXT + directory.digest)
+def sign(signing_key: Ed25519PrivateKey, directory: Directory) -> bytes:
+    """A vote: by the identity key, or by the signing key the identity certified."""
+    return signing_key.sign(_CONTEXT + directory.digest)
 
 
 def signature_valid(signer: bytes, digest: bytes, signature: bytes) -> bool:
@@ -143,26 +151,29 @@ def verify(raw: bytes, ring: frozenset[bytes], now: float) -> Directory:
     if directory.epoch not in (epoch_at(now), epoch_at(now) - 1):
         raise DirectoryError(Refusal.STALE, f"epoch {directory.epoch} is not current")
     digest = directory.digest
+    # A relay with an offline identity votes with its signing key, certified in its listed
+    # descriptor; an expired certificate counts for nothing.
+    voters = {d.identity: d.signing_public for d in directory.descriptors if _valid(d, now)}
     signers = {
         signer
         for signer, sig in signed.signatures
-        if signer in ring and signature_valid(signer, digest, sig)
+        if signer in ring and signature_valid(voters.get(signer, signer), digest, sig)
     }
     if len(signers) < majority(len(ring)):
         raise DirectoryError(
             Refusal.TOO_FEW_SIGNATURES,
             f"{len(signers)} of {len(ring)} pinned relays signed it, {majority(len(ring))} needed",
         )
-    usable = []
-    for desc in directory.descriptors:
-        if desc.role != ROLE_RELAY or desc.identity not in ring:
-            continue
-        try:
-            desc.check_valid(now)
-        except DescriptorError:
-            continue
-        usable.append(desc)
-    return Directory(directory.epoch, tuple(usable))
+    usable = [d for d in directory.descriptors if d.role == ROLE_RELAY and d.identity in ring]
+    return Directory(directory.epoch, tuple(d for d in usable if _valid(d, now)))
+
+
+def _valid(desc: Descriptor, now: float) -> bool:
+    try:
+        desc.check_valid(now)
+    except DescriptorError:
+        return False
+    return True
 
 
 def encode_signature(directory: Directory, signature: bytes) -> bytes:
@@ -174,9 +185,14 @@ class Authority:
     """A first-ring relay's side: sign its own view, collect its peers' signatures, and keep
     the newest of its views that a majority signed, for clients."""
 
-    def __init__(self, identity_key: Ed25519PrivateKey, ring: frozenset[bytes]) -> None:
-        self.identity_key = identity_key
-        self.identity = identity_key.public_key().public_bytes_raw()
+    def __init__(
+        self,
+        signing_key: Ed25519PrivateKey,
+        ring: frozenset[bytes],
+        identity: bytes | None = None,  # when signing_key is a certified signing key
+    ) -> None:
+        self.signing_key = signing_key
+        self.identity = identity or signing_key.public_key().public_bytes_raw()
         self.ring = ring
         # Own views, newest last: digest -> (directory, signer -> signature).
         self._views: OrderedDict[bytes, tuple[Directory, dict[bytes, bytes]]] = OrderedDict()
@@ -189,7 +205,7 @@ class Authority:
         digest = directory.digest
         if self._views and next(reversed(self._views)) == digest:
             return False
-        signature = sign(self.identity_key, directory)
+        signature = sign(self.signing_key, directory)
         held = self._views.pop(digest, None)
         signatures = held[1] if held else {}
         signatures[self.identity] = signature
@@ -203,14 +219,17 @@ class Authority:
         self.signature_message = encode_signature(directory, signature)
         return True
 
-    def add_signature(self, signer: bytes, body: bytes, now: float) -> bool:
-        """A peer's DIRECTORY_SIG; False when it is malformed, unpinned, stale or forged."""
+    def add_signature(
+        self, signer: bytes, body: bytes, now: float, signing_public: bytes | None = None
+    ) -> bool:
+        """A peer's DIRECTORY_SIG, made with its identity key or `signing_public` (the key its
+        current certificate names); False when it is malformed, unpinned, stale or forged."""
         if signer not in self.ring or len(body) < _SIG_MSG.size:
             return False
         epoch, digest, signature = _SIG_MSG.unpack_from(body)
         if epoch not in (epoch_at(now), epoch_at(now) - 1):
             return False
-        if not signature_valid(signer, digest, signature):
+        if not signature_valid(signing_public or signer, digest, signature):
             return False
         held = self._views.get(digest)
         if held is not None:

@@ -5,7 +5,13 @@
     I -> R  HS_INIT    with the cookie
     R -> I  HS_RESP    i_sid | r_sid | r_x25519 | mlkem_ct | r_descriptor | r_sig
     I -> R  HS_FINISH  r_sid | AEAD_i2r(i_descriptor | i_sig)
-    R -> I  DATA(READY)
+    R -> I  DATA(READY)             | r_certificate, when r_descriptor is certified
+
+A descriptor signed by a certified signing key (descriptor version 2) travels without its
+certificate in RESP, which has no room for it: the initiator checks the transcript signature
+at once and the descriptor's signature chain when READY brings the certificate
+(confirm_responder), before the session counts as up. FINISH carries the initiator's
+descriptor with its certificate.
 
 th = SHA-256 over INIT body, r_sid, r_x25519, mlkem_ct, r_descriptor; the responder signs th,
 the initiator signs SHA-256(th | r_sig), each with the link key that its identity-signed
@@ -28,8 +34,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
-from .reasons import HandshakeFailure
+from .certificate import CERTIFICATE_LEN, CertificateError, SigningCertificate
+from .descriptor import (
+    DESCRIPTOR_LEN,
+    MAX_DESCRIPTOR_LEN,
+    VERSION_CERTIFIED,
+    Descriptor,
+    DescriptorError,
+)
+from .reasons import CertificateFailure, HandshakeFailure
 from .wire import DATAGRAM_SIZE, DG_HS_COOKIE, DG_HS_FINISH, DG_HS_INIT, DG_HS_RESP, SID_LEN
 
 COOKIE_LEN = 16
@@ -41,17 +54,21 @@ SIG_LEN = 64
 INIT_BODY_LEN = SID_LEN + X25519_LEN + MLKEM_EK_LEN
 INIT_LEN = 1 + COOKIE_LEN + INIT_BODY_LEN
 RESP_LEN = 1 + 2 * SID_LEN + X25519_LEN + MLKEM_CT_LEN + DESCRIPTOR_LEN + SIG_LEN
-FINISH_PLAIN_LEN = DESCRIPTOR_LEN + SIG_LEN
+FINISH_PLAIN_LEN = SIG_LEN + MAX_DESCRIPTOR_LEN
 FINISH_LEN = 1 + SID_LEN + FINISH_PLAIN_LEN + 16
 assert max(INIT_LEN, RESP_LEN, FINISH_LEN) <= DATAGRAM_SIZE
 
 
 class HandshakeError(ValueError):
-    """A handshake message is malformed or does not authenticate."""
+    """A handshake message is malformed or does not authenticate; `certificate` says why
+    when the peer's signing certificate was refused."""
 
-    def __init__(self, reason: HandshakeFailure) -> None:
+    def __init__(
+        self, reason: HandshakeFailure, certificate: CertificateFailure | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.certificate = certificate
 
 
 def pad(message: bytes) -> bytes:
@@ -133,6 +150,7 @@ class Response:
     r_sid: bytes
     keys: SessionKeys
     th2: bytes
+    descriptor: Descriptor  # the responder's, whose certificate READY carries
 
 
 def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKey) -> Response:
@@ -147,7 +165,7 @@ def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKe
     except ValueError:
         raise HandshakeError(HandshakeFailure.BAD_KEY) from None
     r_sid = os.urandom(SID_LEN)
-    r_desc = descriptor.encode()
+    r_desc = descriptor.bare()
     th = hashlib.sha256(
         b"ringmesh-hs-v1"
         + init.body
@@ -166,7 +184,14 @@ def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKe
         + r_desc
         + r_sig
     )
-    return Response(datagram, r_sid, _derive(x_ss, kem_ss, th), hashlib.sha256(th + r_sig).digest())
+    th2 = hashlib.sha256(th + r_sig).digest()
+    return Response(datagram, r_sid, _derive(x_ss, kem_ss, th), th2, descriptor)
+
+
+def ready_message(response: Response) -> bytes:
+    """What follows MSG_READY: the responder's certificate, if its descriptor has one."""
+    certificate = response.descriptor.certificate
+    return b"" if certificate is None else certificate.encode()
 
 
 # --- initiator, on the response -----------------------------------------------------------
@@ -176,17 +201,44 @@ def respond(init: ParsedInit, descriptor: Descriptor, link_key: Ed25519PrivateKe
 class Established:
     r_sid: bytes
     keys: SessionKeys
-    peer: Descriptor
+    peer: Descriptor  # signature chain not yet checked when awaiting_certificate
     finish: bytes
+    awaiting_certificate: bytes | None  # the bare certified descriptor READY completes
+
+
+def _checked(desc: Descriptor, now: float) -> Descriptor:
+    try:
+        desc.check_valid(now)
+    except DescriptorError as exc:
+        raise _descriptor_failure(exc) from None
+    return desc
+
+
+def _descriptor_failure(exc: DescriptorError) -> HandshakeError:
+    if exc.certificate is not None:
+        return HandshakeError(HandshakeFailure.BAD_CERTIFICATE, exc.certificate)
+    return HandshakeError(HandshakeFailure.BAD_DESCRIPTOR)
 
 
 def _verify_descriptor(raw: bytes, now: float) -> Descriptor:
+    """A descriptor (with its certificate, if any) at the start of raw, checked."""
     try:
-        desc = Descriptor.decode(raw)
-        desc.check_valid(now)
-    except DescriptorError:
-        raise HandshakeError(HandshakeFailure.BAD_DESCRIPTOR) from None
-    return desc
+        desc, _ = Descriptor.decode_prefix(raw)
+    except DescriptorError as exc:
+        raise _descriptor_failure(exc) from None
+    return _checked(desc, now)
+
+
+def confirm_responder(bare: bytes, ready_body: bytes, now: float) -> Descriptor:
+    """The responder's descriptor from RESP, its chain checked with READY's certificate."""
+    try:
+        certificate = SigningCertificate.decode(ready_body[:CERTIFICATE_LEN])
+        desc = Descriptor.verify_bare(bare, certificate)
+    except CertificateError as exc:
+        raise HandshakeError(HandshakeFailure.BAD_CERTIFICATE, exc.reason) from None
+    except DescriptorError as exc:
+        raise _descriptor_failure(exc) from None
+    return _checked(desc, now)
 
 
 def _verify_sig(desc: Descriptor, sig: bytes, message: bytes) -> None:
@@ -224,7 +276,14 @@ def complete(
     r_sig = datagram[o : o + SIG_LEN]
     if i_sid != state.sid:
         raise HandshakeError(HandshakeFailure.UNEXPECTED)
-    r_desc = _verify_descriptor(r_desc_raw, now)
+    awaiting_certificate = r_desc_raw if r_desc_raw[0] == VERSION_CERTIFIED else None
+    if awaiting_certificate:
+        try:
+            r_desc = Descriptor.parse_unverified(r_desc_raw)
+        except DescriptorError:
+            raise HandshakeError(HandshakeFailure.BAD_DESCRIPTOR) from None
+    else:
+        r_desc = _verify_descriptor(r_desc_raw, now)
     th = hashlib.sha256(b"ringmesh-hs-v1" + state.body + r_sid + r_x + kem_ct + r_desc_raw).digest()
     _verify_sig(r_desc, r_sig, b"resp" + th)
     try:
@@ -234,10 +293,11 @@ def complete(
         raise HandshakeError(HandshakeFailure.BAD_KEY) from None
     keys = _derive(x_ss, kem_ss, th)
     th2 = hashlib.sha256(th + r_sig).digest()
-    plain = my_descriptor.encode() + my_link_key.sign(b"finish" + th2)
+    plain = my_link_key.sign(b"finish" + th2) + my_descriptor.encode()
+    plain += bytes(FINISH_PLAIN_LEN - len(plain))
     header = bytes([DG_HS_FINISH]) + r_sid
     sealed = AESGCM(keys.i2r).encrypt(bytes(12), plain, header)
-    return Established(r_sid, keys, r_desc, pad(header + sealed))
+    return Established(r_sid, keys, r_desc, pad(header + sealed), awaiting_certificate)
 
 
 # --- responder, on the finish -------------------------------------------------------------
@@ -255,6 +315,6 @@ def verify_finish(datagram: bytes, keys: SessionKeys, th2: bytes, now: float) ->
         plain = AESGCM(keys.i2r).decrypt(bytes(12), datagram[1 + SID_LEN : FINISH_LEN], header)
     except InvalidTag:
         raise HandshakeError(HandshakeFailure.BAD_FINISH) from None
-    desc = _verify_descriptor(plain[:DESCRIPTOR_LEN], now)
-    _verify_sig(desc, plain[DESCRIPTOR_LEN:], b"finish" + th2)
+    desc = _verify_descriptor(plain[SIG_LEN:], now)
+    _verify_sig(desc, plain[:SIG_LEN], b"finish" + th2)
     return desc

@@ -1,7 +1,10 @@
 """On-disk keystore: identity key and per-epoch link/onion keys, strict permissions.
 
 <state_dir>/keys/            0700, owned by the running user
-    identity.key             0600, 32-byte Ed25519 seed
+    identity.key             0600, 32-byte Ed25519 seed (online identity, the default)
+    identity.did             0600, the did:key alone, when the identity key is kept offline
+    signing-<8 hex>.key      0600, offline identity: a signing key's 32-byte Ed25519 seed
+    signing.cert             0600, offline identity: the identity's certificate for one of them
     epoch-00000001.json      0600, one epoch's link and onion private keys
     epoch-00000001.retired   0600, when that epoch was rotated out (no secret)
     epoch-00000001.replay    0600, that epoch's onion replay filter (keyed hashes, no secret)
@@ -29,8 +32,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .certificate import RENEW_WITHIN, CertificateError, SigningCertificate
 from .descriptor import Descriptor
-from .did import did_from_public, fingerprint
+from .did import DidError, did_from_public, fingerprint, public_from_did
 from .replay import OnionReplayFilter, ReplayFilterError, epoch_filter_key
 
 
@@ -51,12 +55,17 @@ class EpochKeys:
 
 @dataclass
 class Keys:
-    identity: Ed25519PrivateKey
+    identity_key: Ed25519PrivateKey | None  # None when the identity is kept offline
     epochs: list[EpochKeys]  # newest first; epochs[0] is current
+    identity_public: bytes
+    signing_key: Ed25519PrivateKey  # signs descriptors and directory votes
+    certificate: SigningCertificate | None  # the identity's, for signing_key, when offline
 
     @property
-    def identity_public(self) -> bytes:
-        return self.identity.public_key().public_bytes_raw()
+    def identity(self) -> Ed25519PrivateKey:
+        if self.identity_key is None:
+            raise KeystoreError("this keystore's identity key is kept offline")
+        return self.identity_key
 
     @property
     def did(self) -> str:
@@ -65,6 +74,22 @@ class Keys:
     @property
     def current(self) -> EpochKeys:
         return self.epochs[0]
+
+
+def check_certificate(keys: Keys, now: float) -> str | None:
+    """Refuse to run on an expired signing certificate; a warning when it expires soon."""
+    certificate = keys.certificate
+    if certificate is None:
+        return None
+    if now >= certificate.expires:
+        raise KeystoreError(
+            f"the signing certificate expired at {iso(certificate.expires)}; certify a new "
+            "signing key with the offline identity key (ringmesh keys signing-request, "
+            "keys certify, keys install-cert)"
+        )
+    if certificate.expires - now < RENEW_WITHIN:
+        return f"the signing certificate expires at {iso(certificate.expires)}; renew it"
+    return None
 
 
 def iso(ts: float) -> str:
@@ -184,8 +209,15 @@ class Keystore:
 
     # --- commands ----------------------------------------------------------------------------
 
-    def init(self, now: float | None = None) -> str:
+    def init(self, now: float | None = None, offline_identity: str | None = None) -> str:
+        """Create what is missing; with offline_identity (a did:key) the identity key is not
+        made here: it stays with the operator, who certifies this relay's signing key."""
         now = time.time() if now is None else now
+        if offline_identity is not None:
+            try:
+                public_from_did(offline_identity)
+            except DidError as exc:
+                raise KeystoreError(f"--offline-identity: {exc}") from None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         created = False
         if not self.dir.exists():
@@ -194,8 +226,17 @@ class Keystore:
             created = True
         self.check_permissions()
         with self.locked():
-            if not (self.dir / "identity.key").exists():
-                _create_private(self.dir / "identity.key", os.urandom(32))
+            held = self._offline_did()
+            if offline_identity is not None and (self._identity_path.exists() or held):
+                if held != offline_identity:
+                    raise KeystoreError(
+                        f"{self.dir} already holds another identity; refusing to replace it"
+                    )
+            elif offline_identity is not None:
+                _write_atomic(self._did_path, offline_identity.encode())
+                created = True
+            elif not self._identity_path.exists() and held is None:
+                _create_private(self._identity_path, os.urandom(32))
                 created = True
             if not self._epoch_files():
                 self._new_epoch(1, int(now))
@@ -205,21 +246,138 @@ class Keystore:
     def load(self, now: float | None = None) -> Keys:
         now = time.time() if now is None else now
         self.check_permissions()
-        seed = (self.dir / "identity.key").read_bytes()
-        if len(seed) != 32:
-            raise KeystoreError(f"{self.dir / 'identity.key'}: expected a 32-byte seed")
-        identity = Ed25519PrivateKey.from_private_bytes(seed)
+        identity: Ed25519PrivateKey | None = None
+        certificate = None
+        did = self._offline_did()
+        if did is None:
+            identity = _read_seed(self._identity_path)
+            signer = identity
+            identity_public = identity.public_key().public_bytes_raw()
+        else:
+            identity_public = public_from_did(did)
+            certificate = self._installed_certificate(identity_public)
+            signer = _read_seed(self._signing_path(certificate.signing_public))
         epochs = []
         for path in self._epoch_files():
             try:
                 record = json.loads(path.read_text())
-                epochs.append(self._epoch_from_record(identity, record))
+                epochs.append(self._epoch_from_record(signer, certificate, record))
             except (ValueError, KeyError, TypeError) as exc:
                 raise KeystoreError(f"{path}: unreadable epoch file ({exc})") from None
         if not epochs:
             raise KeystoreError(f"{self.dir} holds no epoch keys (run 'ringmesh keys init')")
         epochs.sort(key=lambda e: e.epoch, reverse=True)
-        return Keys(identity, epochs)
+        return Keys(identity, epochs, identity_public, signer, certificate)
+
+    # --- offline identity: signing keys and their certificate --------------------------------
+
+    def signing_request(
+        self, renew_within: float | None = None, now: float | None = None
+    ) -> dict[str, object]:
+        """The did and a signing key awaiting a certificate: the one already waiting, else a
+        new one (each renewal certifies a fresh key, so a stolen one dies with its
+        certificate). With renew_within, no key while the installed certificate has longer
+        than that left (signing_key is then null). Public values only."""
+        now = time.time() if now is None else now
+        with self.locked():
+            did = self._offline_did()
+            if did is None:
+                raise KeystoreError(
+                    f"{self.dir} keeps its identity key online; signing requests are for "
+                    "a keystore made with 'keys init --offline-identity DID'"
+                )
+            current = self._current_certificate()
+            request: dict[str, object] = {
+                "did": did,
+                "certificate_expires_timestamp": current.expires if current else None,
+                "signing_key": None,
+            }
+            if current and renew_within is not None and current.expires - now > renew_within:
+                return request
+            current_path = current and self._signing_path(current.signing_public)
+            waiting = [p for p in self._signing_files() if p != current_path]
+            if waiting:
+                public = _read_seed(waiting[0]).public_key().public_bytes_raw()
+            else:
+                key = Ed25519PrivateKey.generate()
+                public = key.public_key().public_bytes_raw()
+                _create_private(self._signing_path(public), key.private_bytes_raw())
+            request["signing_key"] = public.hex()
+        return request
+
+    def install_certificate(self, raw: bytes, now: float | None = None) -> SigningCertificate:
+        """Check a certificate against this keystore, install it, destroy other signing keys."""
+        now = time.time() if now is None else now
+        try:
+            certificate = SigningCertificate.decode(raw)
+            certificate.check_valid(now)
+        except CertificateError as exc:
+            raise KeystoreError(str(exc)) from None
+        with self.locked():
+            did = self._offline_did()
+            if did is None or public_from_did(did) != certificate.identity:
+                raise KeystoreError(
+                    f"the certificate is for {did_from_public(certificate.identity)}, "
+                    f"not for this keystore's identity ({did or 'kept online'})"
+                )
+            if not self._signing_path(certificate.signing_public).exists():
+                raise KeystoreError(
+                    "the certificate names a signing key this keystore does not hold"
+                )
+            current = self._current_certificate()
+            if current is not None and current.expires > certificate.expires:
+                raise KeystoreError(
+                    f"the installed certificate lasts longer (until {iso(current.expires)})"
+                )
+            _write_atomic(self._cert_path, raw)
+            for path in self._signing_files():
+                if path != self._signing_path(certificate.signing_public):
+                    _destroy(path)
+        return certificate
+
+    @property
+    def _identity_path(self) -> Path:
+        return self.dir / "identity.key"
+
+    @property
+    def _did_path(self) -> Path:
+        return self.dir / "identity.did"
+
+    @property
+    def _cert_path(self) -> Path:
+        return self.dir / "signing.cert"
+
+    def _signing_path(self, public: bytes) -> Path:
+        return self.dir / f"signing-{public[:4].hex()}.key"
+
+    def _signing_files(self) -> list[Path]:
+        return sorted(self.dir.glob("signing-*.key"))
+
+    def _offline_did(self) -> str | None:
+        try:
+            return self._did_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def _current_certificate(self) -> SigningCertificate | None:
+        try:
+            return SigningCertificate.decode(self._cert_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except CertificateError as exc:
+            raise KeystoreError(f"{self._cert_path}: {exc}") from None
+
+    def _installed_certificate(self, identity_public: bytes) -> SigningCertificate:
+        certificate = self._current_certificate()
+        if certificate is None:
+            raise KeystoreError(
+                f"{self._cert_path} is missing: the identity is kept offline and no signing "
+                "certificate is installed (ringmesh keys signing-request, keys certify, "
+                "keys install-cert)"
+            )
+        if certificate.identity != identity_public:
+            raise KeystoreError(f"{self._cert_path} certifies another identity")
+        return certificate
 
     def rotate(self, now: float | None = None) -> Keys:
         now = time.time() if now is None else now
@@ -319,7 +477,10 @@ class Keystore:
         _create_private(self._epoch_path(epoch), json.dumps(record).encode())
 
     def _epoch_from_record(
-        self, identity: Ed25519PrivateKey, record: dict[str, object]
+        self,
+        signer: Ed25519PrivateKey,
+        certificate: SigningCertificate | None,
+        record: dict[str, object],
     ) -> EpochKeys:
         epoch = _bounded(record["epoch"], "epoch", 1, _MAX_EPOCH)
         created = _bounded(record["created"], "created", 0, _MAX_TIME)
@@ -332,7 +493,8 @@ class Keystore:
         link_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["link_seed"])))
         onion_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(str(record["onion_key"])))
         descriptor = Descriptor.sign(
-            identity,
+            signer,
+            certificate=certificate,
             role=self.role,
             epoch=epoch,
             valid_from=created,
@@ -346,6 +508,16 @@ class Keystore:
 # What a descriptor can carry (epoch u32, times u64; times kept below 2^62 for headroom).
 _MAX_EPOCH = (1 << 32) - 1
 _MAX_TIME = 1 << 62
+
+
+def _read_seed(path: Path) -> Ed25519PrivateKey:
+    try:
+        seed = path.read_bytes()
+    except FileNotFoundError:
+        raise KeystoreError(f"{path} is missing (run 'ringmesh keys init')") from None
+    if len(seed) != 32:
+        raise KeystoreError(f"{path}: expected a 32-byte seed")
+    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 def _bounded(value: object, name: str, low: int, high: int) -> int:
@@ -363,4 +535,18 @@ def public_summary(keys: Keys) -> dict[str, object]:
         "epoch_expires": iso(cur.expires),
         "link_key_fingerprint": fingerprint(cur.descriptor.link_public),
         "onion_key_fingerprint": fingerprint(cur.descriptor.onion_public),
+        **certificate_summary(keys),
+    }
+
+
+def certificate_summary(keys: Keys) -> dict[str, object]:
+    """Public facts about an offline identity's signing certificate (empty when online)."""
+    certificate = keys.certificate
+    if certificate is None:
+        return {}
+    return {
+        "identity_offline": True,
+        "signing_key_fingerprint": fingerprint(certificate.signing_public),
+        "certificate_expires": iso(certificate.expires),
+        "certificate_expires_timestamp": certificate.expires,
     }

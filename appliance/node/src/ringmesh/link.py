@@ -120,6 +120,7 @@ class _Initiating:
     finish: bytes | None = None
     session: Session | None = None
     queue: list[bytes] = field(default_factory=list)
+    awaiting_certificate: bytes | None = None  # the responder's bare descriptor, for READY
 
 
 @dataclass
@@ -264,8 +265,13 @@ class LinkEndpoint:
             else:
                 self.counters[Drop.BAD_TYPE.counter] += 1
         except hs.HandshakeError as exc:
-            self.counters[exc.reason.counter] += 1
+            self._count_failure(exc)
         return None
+
+    def _count_failure(self, exc: hs.HandshakeError) -> None:
+        self.counters[exc.reason.counter] += 1
+        if exc.certificate is not None:
+            self.counters[exc.certificate.counter] += 1
 
     def _receive_data(self, data: bytes, addr: Addr, now: float) -> tuple[Session, bytes] | None:
         session = self.sessions.get(data[1 : 1 + SID_LEN])
@@ -289,15 +295,25 @@ class LinkEndpoint:
         if session.addr != addr:  # authenticated roaming
             session.addr = addr
         if not session.ready and plain[0] == MSG_READY:
-            self._mark_ready(session)
+            self._mark_ready(session, plain[1:], now)
             return None
         return session, plain
 
-    def _mark_ready(self, session: Session) -> None:
-        session.ready = True
+    def _mark_ready(self, session: Session, ready_body: bytes, now: float) -> None:
         for pending in [p for p in self._initiating.values() if p.session is session]:
+            if pending.awaiting_certificate is not None:
+                try:
+                    session.peer = hs.confirm_responder(
+                        pending.awaiting_certificate, ready_body, now
+                    )
+                except hs.HandshakeError as exc:
+                    if exc.certificate is not None:
+                        self.counters[exc.certificate.counter] += 1
+                    self._fail(pending, exc.reason)
+                    return
             del self._initiating[pending.state.sid]
             session.queue[:0] = pending.queue
+        session.ready = True
         self.counters["handshake_ok"] += 1
         self.events.append(SessionUp(session))
         queued, session.queue = session.queue, []
@@ -365,6 +381,7 @@ class LinkEndpoint:
         self._add_session(session)
         pending.session = session
         pending.finish = done.finish
+        pending.awaiting_certificate = done.awaiting_certificate
         pending.tries = 1
         pending.next_retry = now + HANDSHAKE_RETRY
         self.outbox.append((done.finish, addr))
@@ -402,7 +419,7 @@ class LinkEndpoint:
         self._add_session(session)
         self.counters["handshake_ok"] += 1
         self.events.append(SessionUp(session))
-        self.send(session, bytes([MSG_READY]))
+        self.send(session, bytes([MSG_READY]) + hs.ready_message(response))
 
     # --- time --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .reasons import Drop, HandshakeFailure
+from .reasons import CertificateFailure, Drop, HandshakeFailure, Reason
 from .relay import Relay
 
 
@@ -38,13 +38,22 @@ class RelayCollector(Collector):
         failed = CounterMetricFamily(
             "ringmesh_handshakes_failed", "Failed link handshakes, by reason", labels=["reason"]
         )
+        refused = CounterMetricFamily(
+            "ringmesh_certificates_refused",
+            "Peers' signing certificates refused (handshakes, descriptors, votes), by reason",
+            labels=["reason"],
+        )
         # Every reason of the enumeration is exported (zero until it happens), so alerts and
         # dashboards can name any of them; the counters hold no reason outside it.
-        for family, reasons in ((dropped, list(Drop)), (failed, list(HandshakeFailure))):
+        exported: tuple[tuple[CounterMetricFamily, list[Reason]], ...] = (
+            (dropped, list(Drop)),
+            (failed, list(HandshakeFailure)),
+            (refused, list(CertificateFailure)),
+        )
+        for family, reasons in exported:
             for reason in reasons:
                 family.add_metric([reason.value], c[reason.counter])
-        yield dropped
-        yield failed
+            yield family
         ok = CounterMetricFamily("ringmesh_handshakes_ok", "Completed link handshakes")
         ok.add_metric([], c["handshake_ok"])
         yield ok
@@ -96,6 +105,14 @@ class RelayCollector(Collector):
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], value)
             yield gauge
+        certificate = relay.keys.certificate
+        if certificate is not None:  # an offline identity's signing certificate
+            expiry = GaugeMetricFamily(
+                "ringmesh_signing_certificate_expiry_timestamp_seconds",
+                "When the signing certificate from the offline identity key expires",
+            )
+            expiry.add_metric([], certificate.expires)
+            yield expiry
 
 
 def serve_metrics(address: tuple[str, int], relay: Callable[[], Relay]) -> CollectorRegistry:

@@ -92,11 +92,17 @@ class PrekeyBundle:
             raise PrekeyError("the prekey is not valid now")
         return cls(owner, prekey_id, valid_from, expires, mlkem, x25519, signature)
 
+    def envelope_key(self) -> X25519PublicKey:
+        """Its X25519 half: the key a sender seals every fragment envelope to."""
+        try:
+            return X25519PublicKey.from_public_bytes(self.x25519_public)
+        except ValueError:
+            raise PrekeyError("the bundle holds an invalid public key") from None
+
     def public_key(self) -> hpke.MLKEM768X25519PublicKey:
         try:
             return hpke.MLKEM768X25519PublicKey(
-                MLKEM768PublicKey.from_public_bytes(self.mlkem_public),
-                X25519PublicKey.from_public_bytes(self.x25519_public),
+                MLKEM768PublicKey.from_public_bytes(self.mlkem_public), self.envelope_key()
             )
         except ValueError:
             raise PrekeyError("the bundle holds an invalid public key") from None
@@ -122,13 +128,18 @@ class Prekey:
 
     def private_key(self) -> hpke.MLKEM768X25519PrivateKey:
         return hpke.MLKEM768X25519PrivateKey(
-            MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed),
-            X25519PrivateKey.from_private_bytes(self.x25519_private),
+            MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed), self.envelope_key()
         )
+
+    def envelope_key(self) -> X25519PrivateKey:
+        """Its X25519 half, which also opens the fragment envelopes around a sealed body: a
+        sender with the bundle seals every fragment (ids, reply blocks) to it, so nothing of
+        the message opens once the prekey is destroyed."""
+        return X25519PrivateKey.from_private_bytes(self.x25519_private)
 
     def certify(self, identity: Ed25519PrivateKey) -> PrekeyBundle:
         mlkem = MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed).public_key()
-        x25519 = X25519PrivateKey.from_private_bytes(self.x25519_private).public_key()
+        x25519 = self.envelope_key().public_key()
         unsigned = PrekeyBundle(
             identity.public_key().public_bytes_raw(),
             self.prekey_id,

@@ -65,6 +65,7 @@ class HandshakeFailure(Reason):
     BAD_COOKIE = "bad_cookie"  # a cookie this relay did not issue for this address
     BAD_KEY = "bad_key"  # an invalid X25519 or ML-KEM key
     BAD_DESCRIPTOR = "bad_descriptor"  # the peer's descriptor does not verify or expired
+    BAD_CERTIFICATE = "bad_certificate"  # its signing certificate was refused (see below)
     BAD_SIGNATURE = "bad_signature"  # the transcript signature does not verify
     BAD_FINISH = "bad_finish"  # FINISH does not authenticate
     UNEXPECTED = "unexpected"  # an answer to no handshake of ours
@@ -77,6 +78,16 @@ class HandshakeFailure(Reason):
     SOURCE_HALF_OPEN_FULL = "source_half_open_full"  # this address's half-open slots
     SESSIONS_FULL = "sessions_full"  # all session slots open to clients are taken
     SOURCE_SESSIONS_FULL = "source_sessions_full"  # this address's session slots
+
+
+class CertificateFailure(Reason):
+    """A signing-key certificate that was refused (`certificate_refused:<reason>`), in a
+    handshake, a descriptor or a directory."""
+
+    MALFORMED = "malformed"  # wrong length or version, or missing where one is needed
+    BAD_SIGNATURE = "bad_signature"  # not signed by the identity key it names
+    WRONG_IDENTITY = "wrong_identity"  # certifies another identity than the descriptor's
+    EXPIRED = "expired"  # its lifetime is over
 
 
 class Refusal(Reason):
@@ -93,8 +104,9 @@ class Refusal(Reason):
 Drop.prefix = "dropped"
 HandshakeFailure.prefix = "handshake_failed"
 Refusal.prefix = "directory_refused"
+CertificateFailure.prefix = "certificate_refused"
 
-FAMILIES: tuple[type[Reason], ...] = (Drop, HandshakeFailure, Refusal)
+FAMILIES: tuple[type[Reason], ...] = (Drop, HandshakeFailure, Refusal, CertificateFailure)
 _BY_PREFIX = {family.prefix: frozenset(r.value for r in family) for family in FAMILIES}
 
 

@@ -22,7 +22,7 @@ from . import messaging as m
 from .admission import source_of
 from .codec import directory_messages
 from .config import Config, RelayEntry
-from .descriptor import DESCRIPTOR_LEN, Descriptor, DescriptorError
+from .descriptor import MAX_DESCRIPTOR_LEN, Descriptor, DescriptorError
 from .did import did_from_public, node_id, prekey_mailbox_id, reply_mailbox_id, user_mailbox_id
 from .keystore import EpochKeys, Keys, iso
 from .link import Addr, HandshakeFailed, LinkEndpoint, Session, SessionDown, SessionUp
@@ -101,7 +101,7 @@ class Relay:
             config.mailbox_max_mailboxes,
             config.mailbox_max_bytes,
         )
-        self.authority = directory.Authority(keys.identity, frozenset())
+        self.authority = directory.Authority(keys.signing_key, frozenset(), keys.identity_public)
         self.prekeys: dict[bytes, tuple[float, bytes]] = {}  # prekey mailbox -> (expires, bundle)
         self.onion_keys: list[OnionKey] = []
         # (due, sequence, next relay identity or b"" to deliver, item)
@@ -126,14 +126,15 @@ class Relay:
 
     def update_keys(self, keys: Keys, now: float) -> None:
         """Adopt a (re)loaded keystore; epochs no longer present lose their replay cache."""
-        old_epoch = self.onion_keys[0].epoch if self.onion_keys else None
+        old_descriptor = self.keys.current.descriptor if self.onion_keys else None
         caches = {k.epoch: k.replay for k in self.onion_keys}
         self.keys = keys
+        self.authority.signing_key = keys.signing_key  # a renewed certificate, a new key
         self.onion_keys = [
             OnionKey(ep.epoch, ep.onion_key, caches.get(ep.epoch) or self._replay_filter(ep))
             for ep in keys.epochs
         ]
-        if old_epoch is not None and old_epoch != keys.current.epoch:
+        if old_descriptor is not None and old_descriptor != keys.current.descriptor:
             announce = bytes([MSG_DESCRIPTOR]) + keys.current.descriptor.encode()
             for peer in self.peers:
                 for session in peer.sessions:
@@ -251,9 +252,9 @@ class Relay:
 
     def _on_control(self, session: Session, kind: int, body: bytes, now: float) -> None:
         if kind == MSG_DESCRIPTOR:
-            self._on_descriptor(session, body[:DESCRIPTOR_LEN], now)
+            self._on_descriptor(session, body[:MAX_DESCRIPTOR_LEN], now)
         elif kind == MSG_DIRECTORY_SIG:
-            if not self.authority.add_signature(session.peer_identity, body, now):
+            if not self._add_directory_signature(session, body, now):
                 self.counters[Drop.BAD_DIRECTORY_SIGNATURE.counter] += 1
         elif kind == MSG_GET_DIRECTORY:
             best = self.authority.best(now)
@@ -303,12 +304,29 @@ class Relay:
             self.counters["prekey_answers"] += 1
             self._on_onion(packet, now)
 
+    def _add_directory_signature(self, session: Session, body: bytes, now: float) -> bool:
+        """Checked with the signer's newest descriptor: its identity key, or the signing key
+        of a certificate that has not expired."""
+        peer = self.peers.peers.get(session.peer_identity)
+        desc = (peer.descriptor if peer else None) or session.peer
+        try:
+            desc.check_valid(now)
+        except DescriptorError as exc:
+            self._count_certificate(exc)
+            return False
+        return self.authority.add_signature(desc.identity, body, now, desc.signing_public)
+
+    def _count_certificate(self, exc: DescriptorError) -> None:
+        if exc.certificate is not None:
+            self.counters[exc.certificate.counter] += 1
+
     def _on_descriptor(self, session: Session, raw: bytes, now: float) -> None:
         peer = self.peers.peers.get(session.peer_identity)
         try:
-            desc = Descriptor.decode(raw)
+            desc, _ = Descriptor.decode_prefix(raw)
             desc.check_valid(now)
-        except DescriptorError:
+        except DescriptorError as exc:
+            self._count_certificate(exc)
             self.counters[Drop.BAD_DESCRIPTOR.counter] += 1
             return
         if peer is None or desc.identity != peer.entry.identity:

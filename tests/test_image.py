@@ -288,17 +288,17 @@ def fleet(build: BuildRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     workdir.mkdir(parents=True)
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", run_id, "-f", str(key)], check=True)
-    netns = Namespace(run_id)
-    netns.create()
+    netns = Namespace(run_id, uplink_subnet=os.getpid() % 256)
     vms = [
         VM(f"relay{i}", artifact(".qcow2"), workdir, netns, i, key.with_suffix(".pub").read_text().strip(), key)
         for i in (1, 2)
     ]
-    for vm in vms:
-        netns.add_tap(vm.tap)
     failed_before = request.session.testsfailed
     booted = False
     try:
+        netns.create()
+        for vm in vms:
+            netns.add_tap(vm.tap)
         with ThreadPoolExecutor(max_workers=len(vms)) as pool:
             list(pool.map(lambda vm: vm.boot(), vms))
         for vm in vms:

@@ -4,7 +4,10 @@ Every VM gets a throw-away qcow2 overlay on the image, a cloud-init NoCloud seed
 labelled `cidata`: the test's SSH key, a hostname, the network), a user-mode NIC whose SSH
 port is forwarded to the namespace's loopback, and a tap on the namespace's bridge: the
 VMs' private network. ssh (and testinfra through it) reaches a VM with a ProxyCommand that
-enters the namespace. QEMU runs with TCG (RINGMESH_QEMU_ACCEL=kvm where nested KVM works).
+enters the namespace. The namespace has a route out, as a VPS has: a veth pair to the host,
+masqueraded by an nftables table of the namespace's own (removed with it), so the VMs reach
+Debian's mirror through their user-mode NIC. QEMU runs with TCG (RINGMESH_QEMU_ACCEL=kvm where
+nested KVM works).
 """
 
 from __future__ import annotations
@@ -43,16 +46,51 @@ def accelerator() -> list[str]:
 
 @dataclass
 class Namespace:
-    """A network namespace with a bridge: the VMs' private L2 network, reachable from nowhere else."""
+    """A network namespace with a bridge (the VMs' private L2 network, reachable from nowhere
+    else) and an uplink: a veth pair to the host whose traffic the host masquerades."""
 
     name: str
+    uplink_subnet: int  # 0-255: the uplink is 10.214.<uplink_subnet>.0/30
     bridge: str = "br0"
+
+    @property
+    def host_veth(self) -> str:
+        return f"rmimg{self.uplink_subnet}"  # an interface name has at most 15 characters
+
+    @property
+    def nat_table(self) -> str:
+        return f"ringmesh_{self.name.replace('-', '_')}"
+
+    def uplink_address(self, end: int) -> str:
+        return f"10.214.{self.uplink_subnet}.{end}"
 
     def create(self) -> None:
         run(["ip", "netns", "add", self.name])
         run(["ip", "-n", self.name, "link", "set", "lo", "up"])
         run(["ip", "-n", self.name, "link", "add", self.bridge, "type", "bridge"])
         run(["ip", "-n", self.name, "link", "set", self.bridge, "up"])
+        self.add_uplink()
+
+    def add_uplink(self) -> None:
+        if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+            raise VMError("the VMs' uplink needs IPv4 forwarding on this host: sysctl -w net.ipv4.ip_forward=1")
+        run(["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", "uplink", "netns", self.name])
+        run(["ip", "addr", "add", f"{self.uplink_address(1)}/30", "dev", self.host_veth])
+        run(["ip", "link", "set", self.host_veth, "up"])
+        run(["ip", "-n", self.name, "addr", "add", f"{self.uplink_address(2)}/30", "dev", "uplink"])
+        run(["ip", "-n", self.name, "link", "set", "uplink", "up"])
+        run(["ip", "-n", self.name, "route", "add", "default", "via", self.uplink_address(1)])
+        # A table of its own: nothing else's rules are touched, and deleting it undoes all.
+        run(
+            ["nft", "-f", "-"],
+            input_text=f"""table ip {self.nat_table} {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {self.uplink_address(0)}/30 oifname != "{self.host_veth}" masquerade
+  }}
+}}
+""",
+        )
 
     def add_tap(self, tap: str) -> None:
         run(["ip", "-n", self.name, "tuntap", "add", "dev", tap, "mode", "tap"])
@@ -62,6 +100,8 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *cmd]
 
     def destroy(self) -> None:
+        run(["nft", "delete", "table", "ip", self.nat_table], check=False)
+        run(["ip", "link", "del", self.host_veth], check=False)  # takes its peer with it
         run(["ip", "netns", "del", self.name], check=False)
 
 

@@ -430,7 +430,7 @@ def test_booted_identity_and_host_keys_are_not_in_the_image(fleet: Fleet) -> Non
 
 LYNIS_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (.*)$")
 LYNIS_TEST = re.compile(r"Performing test ID (\S+)")
-LYNIS_POINTS = re.compile(r"Hardening: assigned (?:partial number of hardening points \((\d+) of (\d+)\)|maximum)")
+LYNIS_POINTS = re.compile(r"Hardening: assigned .* Currently having (\d+) points \(out of (\d+)\)")
 
 
 @dataclass
@@ -442,10 +442,12 @@ class LynisTest:
 
 def lynis_breakdown(log: str) -> dict[str, LynisTest]:
     """Per test of a lynis.log: the seconds until the next test started and the hardening
-    points it gave out of those it could give (the index is the sum of one over the other)."""
+    points it gave out of those it could give. Points are read from Lynis's running totals
+    (the index is their last ratio), so they add up to exactly what the index counts."""
     tests: dict[str, LynisTest] = {}
     current: LynisTest | None = None
     started = 0.0
+    total = (0, 0)
     for line in log.splitlines():
         stamped = LYNIS_LINE.match(line)
         if not stamped:
@@ -457,13 +459,10 @@ def lynis_breakdown(log: str) -> dict[str, LynisTest]:
                 current.seconds += when - started
             current, started = tests.setdefault(test.group(1), LynisTest()), when
         elif current is not None and (points := LYNIS_POINTS.search(text)):
-            if points.group(1) is None:  # the maximum: the number is in "(...)" further on
-                most = int(re.search(r"for this item \((\d+)\)", text).group(1))  # type: ignore[union-attr]
-                current.points += most
-                current.points_max += most
-            else:
-                current.points += int(points.group(1))
-                current.points_max += int(points.group(2))
+            now = (int(points.group(1)), int(points.group(2)))
+            current.points += now[0] - total[0]
+            current.points_max += now[1] - total[1]
+            total = now
     return tests
 
 
@@ -474,11 +473,13 @@ def test_lynis_breakdown_reads_points_and_time() -> None:
         "Currently having 3 points (out of 3)\n"
         "2026-01-01 10:00:02 Hardening: assigned partial number of hardening points (0 of 3). "
         "Currently having 3 points (out of 6)\n"
+        "2026-01-01 10:00:03 Hardening: assigned partial number of hardening points (1 of 2). "
+        "Currently having 4 points (out of 8)\n"
         "2026-01-01 10:00:07 Performing test ID PKGS-7370 (Checking for debsums utility)\n"
         "2026-01-01 10:00:08 Performing test ID SSH-7408 (again)\n"
     )
     tests = lynis_breakdown(log)
-    assert tests["SSH-7408"] == LynisTest(seconds=7.0, points=3, points_max=6)
+    assert tests["SSH-7408"] == LynisTest(seconds=7.0, points=4, points_max=8)
     assert tests["PKGS-7370"] == LynisTest(seconds=1.0, points=0, points_max=0)
 
 

@@ -64,6 +64,7 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("hardening", "hardening_lynis_skip_tests", ["ssh-7408; rm -rf /"], {}),
     ("hardening", "hardening_lynis_certificate_paths_to_ignore", ["etc/ssl"], {}),
     ("hardening", "hardening_debsums_cron_check", "hourly", {}),
+    ("hardening", "hardening_shell_idle_timeout", -1, {}),
     ("ledger", "ledger_api_port", 70000, {}),
     ("ledger", "ledger_etcd_peer_port", 8740, {}),
     ("ledger", "ledger_api_rate", 0, {}),

@@ -6,13 +6,14 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help bootstrap venv base-images images lab lab-down lint test test-node test-ledger test-infra bench bench-ledger fuzz clean
+.PHONY: help bootstrap venv base-images images image lab lab-down lint test test-node test-ledger test-infra test-images bench bench-ledger fuzz clean
 
 help:
 	@echo "make lab        a local relay fleet (podman containers) provisioned by ansible-playbook"
 	@echo "make lab-down   remove everything the lab made"
 	@echo "make test       every test: lint, node unit/integration, Molecule scenarios, the fleet end to end"
 	@echo "make bench      the node's relay throughput and latency benchmark, and the relay under flood"
+	@echo "make image      the appliance images (raw, qcow2, Vagrant box, podman) in build/images/trixie"
 	@echo "make bench-ledger  the ledger's proof and commit benchmark"
 	@echo "make fuzz       coverage-guided fuzzing of the node's parsers (FUZZ_RUNS per target)"
 
@@ -37,6 +38,10 @@ base-images: venv
 images: base-images
 	images/test/build trixie
 
+# The hardened appliance images, built by playbooks/image.yml (tests/test_image.py boots them).
+image: venv base-images
+	images/build --suite trixie
+
 lab: venv base-images
 	lab/lab up
 
@@ -55,6 +60,10 @@ test-ledger: venv
 
 test-infra: venv images
 	python -m harness.suite infra
+
+# The appliance image built and booted (two VMs under QEMU), and the Vagrantfile validated.
+test-images: venv
+	python -m harness.suite images
 
 # Every stage, then a table of how long each step and each test took.
 test: venv images

@@ -1,7 +1,7 @@
 """Every test of the repository, in stages, with a table of how long each took at the end.
 
     python -m harness.suite            every stage (`make test`, which CI runs)
-    python -m harness.suite lint node  only these stages (lint, node, ledger, infra)
+    python -m harness.suite lint node  only these stages (lint, node, ledger, infra, images)
 
 Every step runs even when an earlier one failed, so one run shows everything that is wrong;
 the exit status is non-zero when any step failed. Steps of one stage marked `parallel` run at
@@ -45,7 +45,7 @@ def pytest_step(group: str, name: str, *args: str, parallel: bool = False) -> St
 STEPS = [
     Step("lint", "yamllint", ["yamllint", "-s", "."]),
     Step("lint", "ansible-lint", ["ansible-lint"]),
-    Step("lint", "ruff", ["ruff", "check", ".", "lab/lab"]),
+    Step("lint", "ruff", ["ruff", "check", ".", "lab/lab", "images/build"]),
     Step("lint", "mypy", ["mypy"]),
     Step("lint", "mypy node", ["mypy"], REPO / "appliance" / "node"),
     Step("lint", "mypy ledger", ["mypy"], REPO / "appliance" / "ledger"),
@@ -64,6 +64,9 @@ STEPS = [
         "tests/test_molecule.py",
         parallel=True,
     ),
+    # After the fleet and the roles: it builds the appliance image and boots two VMs of it,
+    # which would compete with them for the two cores.
+    pytest_step("images", "images", "-v", "tests/test_disk.py", "tests/test_image.py", "tests/test_vagrant.py"),
 ]
 
 
@@ -155,8 +158,18 @@ def main(groups: list[str]) -> int:
         old.unlink()
     os.environ.setdefault("PY_COLORS", "0")
     chosen = [step for step in STEPS if not groups or step.group in groups]
-    outcomes = [run(step) for step in chosen if not step.parallel]
-    outcomes += run_together([step for step in chosen if step.parallel])
+    outcomes: list[Outcome] = []
+    together: list[Step] = []
+    # In the order of STEPS; consecutive parallel steps run together.
+    for step in [*chosen, None]:
+        if step is not None and step.parallel:
+            together.append(step)
+            continue
+        if together:
+            outcomes += run_together(together)
+            together = []
+        if step is not None:
+            outcomes.append(run(step))
     return report(outcomes)
 
 

@@ -209,3 +209,34 @@ def test_allow_groups_that_exclude_the_ssh_login_user_are_refused() -> None:
     )  # fmt: skip
     assert "hardening_ssh_allow_groups=['wheel']" in run.failed()[0].message, run.explain()
     assert ssh_with_key("ringmesh-admin").returncode == 0
+
+
+def test_login_banner_names_no_distribution() -> None:
+    for path in ("/etc/issue", "/etc/issue.net"):
+        banner = TARGET.file(path).content_string
+        assert "Authorised access only" in banner
+        assert "Debian" not in banner and "\\r" not in banner
+
+
+def test_password_policy_and_hashing_rounds() -> None:
+    login_defs = dict(
+        line.split(None, 1) for line in TARGET.file("/etc/login.defs").content_string.splitlines()
+        if line.strip() and not line.startswith("#")
+    )  # fmt: skip
+    assert login_defs["SHA_CRYPT_MIN_ROUNDS"].strip() == "65536"
+    assert login_defs["PASS_MIN_DAYS"].strip() == "1"
+    assert login_defs["PASS_MAX_DAYS"].strip() == "99999"  # expiry would block key logins
+    assert "pam_pwquality.so" in TARGET.file("/etc/pam.d/common-password").content_string
+    assert "pam_tmpdir.so" in TARGET.file("/etc/pam.d/common-session").content_string
+
+
+def test_package_audit_tools_and_needrestart_lists_only() -> None:
+    for package in ("needrestart", "debsums", "apt-show-versions", "lynis", "aide", "sysstat"):
+        assert TARGET.package(package).is_installed, package
+    assert "$nrconf{restart} = 'l';" in TARGET.file("/etc/needrestart/conf.d/ringmesh-hardening.conf").content_string
+
+
+def test_supervisor_sandbox_drop_in_is_in_place() -> None:
+    drop_in = TARGET.file("/etc/systemd/system/supervisor.service.d/ringmesh-sandbox.conf").content_string
+    assert "ProtectSystem=strict" in drop_in
+    assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL" in drop_in

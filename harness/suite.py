@@ -66,7 +66,15 @@ STEPS = [
     ),
     # After the fleet and the roles: it builds the appliance image and boots two VMs of it,
     # which would compete with them for the two cores.
-    pytest_step("images", "images", "-v", "tests/test_disk.py", "tests/test_image.py", "tests/test_vagrant.py"),
+    pytest_step(
+        "images",
+        "images",
+        "-v",
+        "tests/test_disk.py",
+        "tests/test_manifest.py",
+        "tests/test_image.py",
+        "tests/test_vagrant.py",
+    ),
 ]
 
 

@@ -64,17 +64,25 @@ def write_manifest(packages: list[Package], path: Path) -> None:
 
 def write_sbom(packages: list[Package], suite: str, path: Path) -> None:
     bom = Bom()
+    # Every reference is named (the library would make a random one): two builds of the same
+    # packages differ only in the BOM's serial number and timestamp, which the spec wants unique.
     bom.metadata.component = Component(
-        name=f"ringmesh-{suite}", type=ComponentType.OPERATING_SYSTEM, description="Ringmesh relay appliance image"
+        name=f"ringmesh-{suite}",
+        type=ComponentType.OPERATING_SYSTEM,
+        description="Ringmesh relay appliance image",
+        bom_ref=f"ringmesh-{suite}",
     )
-    for package in packages:
-        bom.components.add(
-            Component(
-                name=package.name,
-                version=package.version,
-                type=ComponentType.LIBRARY,
-                purl=package.purl,
-                bom_ref=package.purl.to_string(),
-            )
+    components = [
+        Component(
+            name=package.name,
+            version=package.version,
+            type=ComponentType.LIBRARY,
+            purl=package.purl,
+            bom_ref=package.purl.to_string(),
         )
+        for package in packages
+    ]
+    bom.components.update(components)
+    # The image holds every package (installed, not necessarily depended on by each other).
+    bom.register_dependency(bom.metadata.component, components)
     path.write_text(JsonV1Dot6(bom).output_as_string(indent=1) + "\n")

@@ -1,5 +1,5 @@
 """Each Molecule scenario (create, converge, idempotence, side effect, verify, destroy) as one
-test, run two at a time (pytest -n 2): Molecule drives the real systemd containers; this gives
+test, one after another (beside the fleet test): Molecule drives the real systemd containers; this gives
 `make test` one summary that counts every scenario, and keeps Molecule's output for the
 scenario that failed."""
 

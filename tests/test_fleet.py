@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,8 +30,9 @@ import pytest
 import testinfra
 from backup_drill import DrillResult, podman_host, run_drill
 
-from harness.ansible import REPO, PlaybookRun, run_playbook
+from harness.ansible import PlaybookRun, run_playbook
 from harness.lab import PLAYBOOKS, Lab
+from harness.process import ToolRun, run_tool
 from harness.verify import assert_rotation_bumps_the_running_epoch, node_pid, ringmesh
 
 LAB = Lab(instance="test")
@@ -42,34 +42,15 @@ SITE = PLAYBOOKS / "site.yml"
 
 
 @dataclass
-class LabRun:
-    command: str
-    returncode: int
-    output: str
-    seconds: float
+class LabRun(ToolRun):
     summary: dict[str, Any]
-
-    def explain(self) -> str:
-        return (
-            f"`{self.command}` exit {self.returncode} after {self.seconds:.0f}s; output (tail):\n{self.output[-15000:]}"
-        )
 
 
 def lab_cli(*args: str, timeout: float) -> LabRun:
-    began = time.monotonic()
-    result = subprocess.run(
-        [str(REPO / "lab" / "lab"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=dict(os.environ, RINGMESH_LAB_INSTANCE=LAB.instance),
-    )
+    run = run_tool("lab/lab", *args, timeout=timeout, env={"RINGMESH_LAB_INSTANCE": LAB.instance})
     summary_file = LAB.state / "last-up.json"
     summary = json.loads(summary_file.read_text()) if args[0] == "up" and summary_file.exists() else {}
-    return LabRun(f"lab/lab {' '.join(args)}", result.returncode, result.stdout, time.monotonic() - began, summary)
+    return LabRun(run.command, run.returncode, run.output, run.seconds, summary)
 
 
 def host(name: str) -> testinfra.host.Host:

@@ -31,6 +31,7 @@ import testinfra
 from vm import VM, Namespace, VMError
 
 from harness.ansible import run_playbook
+from harness.process import ToolRun, run_tool
 from harness.verify import ringmesh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,35 +47,15 @@ PRIVATE_KEY = re.compile(
 PRIVATE_KEY_SPAN = 512  # bytes a window must overlap so no key is cut in two
 
 
-@dataclass
-class BuildRun:
-    returncode: int
-    output: str
-    seconds: float
-
-    def explain(self) -> str:
-        return f"images/build exit {self.returncode} after {self.seconds:.0f}s:\n{self.output[-12000:]}"
-
-
-def images_build(*args: str, timeout: float = 40 * 60) -> BuildRun:
-    began = time.monotonic()
-    result = subprocess.run(
-        [str(REPO / "images" / "build"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return BuildRun(result.returncode, result.stdout, time.monotonic() - began)
+def images_build(*args: str, timeout: float = 40 * 60) -> ToolRun:
+    return run_tool("images/build", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def build() -> BuildRun:
+def build() -> ToolRun:
     if os.environ.get("RINGMESH_IMAGE_REUSE") == "1" and (OUT / "SHA256SUMS").exists():
         # Working on the boot tests: boot the images already in build/images/<suite>.
-        return BuildRun(0, "reused the existing build", 0.0)
+        return ToolRun("images/build", 0, "reused the existing build", 0.0)
     run = images_build("--suite", SUITE)
     print(f"images/build --suite {SUITE}: {run.seconds:.0f}s")
     if run.returncode != 0:
@@ -93,7 +74,7 @@ def manifest_lines() -> list[list[str]]:
 # --- the build ----------------------------------------------------------------------------
 
 
-def test_build_writes_every_artifact_with_checksums(build: BuildRun) -> None:
+def test_build_writes_every_artifact_with_checksums(build: ToolRun) -> None:
     expected = {f"{NAME}{s}" for s in (".raw", ".qcow2", ".box", ".oci.tar", ".packages.txt", ".cdx.json")}
     assert {p.name for p in OUT.iterdir()} == expected | {"SHA256SUMS"}, build.explain()
     sums = {
@@ -111,7 +92,7 @@ def test_build_writes_every_artifact_with_checksums(build: BuildRun) -> None:
             print(line)
 
 
-def test_raw_disk_is_gpt_with_bios_boot_and_root(build: BuildRun) -> None:
+def test_raw_disk_is_gpt_with_bios_boot_and_root(build: ToolRun) -> None:
     table = json.loads(
         subprocess.run(["sfdisk", "--json", str(artifact(".raw"))], capture_output=True, text=True, check=True).stdout
     )
@@ -126,7 +107,7 @@ def test_raw_disk_is_gpt_with_bios_boot_and_root(build: BuildRun) -> None:
     assert mbr[510:512] == b"\x55\xaa" and mbr[:2] != b"\0\0", "no boot code in the MBR"
 
 
-def test_qcow2_is_compressed_and_box_is_a_libvirt_box(build: BuildRun) -> None:
+def test_qcow2_is_compressed_and_box_is_a_libvirt_box(build: ToolRun) -> None:
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(artifact(".qcow2"))], capture_output=True, text=True, check=True
@@ -141,7 +122,7 @@ def test_qcow2_is_compressed_and_box_is_a_libvirt_box(build: BuildRun) -> None:
     assert metadata["provider"] == "libvirt" and metadata["format"] == "qcow2"
 
 
-def test_manifest_lists_debian_and_python_packages_and_sbom_matches(build: BuildRun) -> None:
+def test_manifest_lists_debian_and_python_packages_and_sbom_matches(build: ToolRun) -> None:
     lines = manifest_lines()
     assert lines == sorted(lines), "manifest not sorted"
     names = {(kind, name) for kind, name, *_ in lines}
@@ -157,7 +138,7 @@ def test_manifest_lists_debian_and_python_packages_and_sbom_matches(build: Build
     assert any(p.startswith("pkg:pypi/ringmesh@") for p in purls)
 
 
-def test_podman_image_has_the_manifest_packages(build: BuildRun) -> None:
+def test_podman_image_has_the_manifest_packages(build: ToolRun) -> None:
     query = ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"]
     image = f"localhost/ringmesh-appliance:{SUITE}"
     listed = subprocess.run(
@@ -168,7 +149,7 @@ def test_podman_image_has_the_manifest_packages(build: BuildRun) -> None:
     assert in_image == in_manifest
 
 
-def test_failed_step_names_itself_and_leaves_no_image(build: BuildRun, tmp_path: Path) -> None:
+def test_failed_step_names_itself_and_leaves_no_image(build: ToolRun, tmp_path: Path) -> None:
     playbook = tmp_path / "fails.yml"
     playbook.write_text(
         "- hosts: all\n  gather_facts: false\n  tasks:\n    - ansible.builtin.fail:\n        msg: planted failure\n"
@@ -264,7 +245,7 @@ def build_host_public_keys() -> list[bytes]:
     return blobs
 
 
-def test_image_files_hold_no_private_key_and_no_build_key(build: BuildRun) -> None:
+def test_image_files_hold_no_private_key_and_no_build_key(build: ToolRun) -> None:
     packaged = packaged_private_keys()
     print(f"{len(packaged)} private keys shipped inside Debian's own files (test vectors), allowed")
     found = {where: hits - packaged for where, hits in scan_image_files(build_host_public_keys()).items()}
@@ -282,7 +263,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(build: BuildRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+def fleet(build: ToolRun, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     run_id = f"images-{os.getpid()}-{secrets.token_hex(3)}"
     workdir = REPO / "build" / "image-test" / run_id
     workdir.mkdir(parents=True)

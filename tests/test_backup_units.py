@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -173,3 +175,22 @@ def test_a_failing_hook_stops_the_backup_naming_it(tmp_path: Path) -> None:
     missing = make_config(tmp_path, [{"name": "gone", "command": str(tmp_path / "nope"), "paths": []}])
     with pytest.raises(tool.BackupError, match=r"backup hook gone .* did not run"):
         tool.run_hooks(missing)
+
+
+def test_jobs_of_the_two_tools_run_one_after_the_other(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    events: list[str] = []
+
+    def job(name: str) -> None:
+        with tool.one_job_at_a_time(config):
+            events.append(f"{name} begins")
+            time.sleep(0.3)
+            events.append(f"{name} ends")
+
+    jobs = [threading.Thread(target=job, args=(name,)) for name in ("borg", "restic")]
+    for thread in jobs:
+        thread.start()
+    for thread in jobs:
+        thread.join()
+    first, second = (events[0].split()[0], "restic" if events[0].startswith("borg") else "borg")
+    assert events == [f"{first} begins", f"{first} ends", f"{second} begins", f"{second} ends"]

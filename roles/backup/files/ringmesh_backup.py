@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -364,8 +365,29 @@ def run_check(repo: Repository, config: Config, entry: RepoState) -> str:
 JOBS = {"backup": run_backup, "check": run_check}
 
 
+@contextlib.contextmanager
+def one_job_at_a_time(config: Config) -> Iterator[None]:
+    """Hold the host's job lock: borg's and restic's jobs share the hooks' output (two ledger
+    snapshots at once collide) and the state file (the later writer would drop the other's
+    result), and their timers can fire together, after a boot for one. A second job waits."""
+    lock_path = Path(config.state_file).with_name("ringmesh-backup.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another backup or check job is running: waiting for it to end")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run_job(config: Config, tool: str, job: str) -> int:
     """One job on every repository of one tool; 1 if any failed (the journal says which and why)."""
+    with one_job_at_a_time(config):
+        return run_job_locked(config, tool, job)
+
+
+def run_job_locked(config: Config, tool: str, job: str) -> int:
     if job == "backup":
         run_hooks(config)
         verify_sources(config)

@@ -227,7 +227,7 @@ def test_restore_drill_restores_into_scratch_and_matches_the_live_files(converge
     for copy in ("etcd.snapshot", "ledger.db", "ledger.key"):
         assert f"/var/backups/ringmesh-ledger/{copy}" in report, f"{copy}: not in relay1's restored archive"
     assert node_pid(relay) == pid, "the drill must not touch the running node"
-    assert relay.run("ls -d /tmp/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"
+    assert relay.run("ls -d /var/lib/ringmesh-restore-drill.*").rc != 0, "the scratch directory must be gone"
 
 
 # The disaster-recovery drill: relay2 is user2's home relay (inventories/lab).

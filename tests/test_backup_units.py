@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -194,3 +195,61 @@ def test_jobs_of_the_two_tools_run_one_after_the_other(tmp_path: Path) -> None:
         thread.join()
     first, second = (events[0].split()[0], "restic" if events[0].startswith("borg") else "borg")
     assert events == [f"{first} begins", f"{first} ends", f"{second} begins", f"{second} ends"]
+
+
+# ringmesh-backup adopts what its tools leave behind; run in a child so pytest stays as it is.
+ADOPTING = """
+import importlib.util, json, os, subprocess, sys, time
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("ringmesh_backup", sys.argv[1])
+tool = importlib.util.module_from_spec(spec)
+sys.modules["ringmesh_backup"] = tool
+spec.loader.exec_module(tool)
+config = tool.Config.load(Path(sys.argv[2]))
+if sys.argv[3] == "lingering":  # restic's ssh: still ending when restic has exited
+    if sys.argv[4] == "adopt":
+        tool.adopt_orphans()
+    pid = int(tool.run_tool(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo $!"], config))
+    print(json.dumps({"pid": pid, "alive": os.path.exists(f"/proc/{pid}")}))
+else:  # a stray that ignores SIGTERM
+    tool.adopt_orphans()
+    out = subprocess.run(["sh", "-c", "(trap '' TERM; exec sleep 30) >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    began = time.monotonic()
+    tool.reap_strays(0.3)
+    pid = int(out)
+    print(json.dumps({"pid": pid, "alive": os.path.exists(f"/proc/{pid}"), "took": time.monotonic() - began}))
+"""
+
+
+def adopting(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    make_config(tmp_path)  # writes config.json
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ADOPTING,
+            str(ROLE / "files" / "ringmesh_backup.py"),
+            str(tmp_path / "config.json"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_tool_returns_only_when_what_it_left_running_has_ended(tmp_path: Path) -> None:
+    # Without adopting, the leftover outlives the call: systemd would wait on the unit's cgroup.
+    assert adopting(tmp_path, "lingering", "no")[0]["alive"] is True
+    assert adopting(tmp_path, "lingering", "adopt")[0]["alive"] is False
+
+
+def test_a_stray_that_ignores_sigterm_is_killed_and_named(tmp_path: Path) -> None:
+    result, journal = adopting(tmp_path, "stray")
+    assert result["alive"] is False and result["took"] < 5
+    pid = result["pid"]
+    assert f"sleep (pid {pid}) outlived its tool by 0.3s: sending SIGTERM" in journal
+    assert f"sleep (pid {pid}) outlived its tool by 0.3s: sending SIGKILL" in journal

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import fnmatch
 import glob
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,9 @@ CONFIG = Path("/etc/ringmesh-backup/config.json")
 TOOLS = ("borg", "restic")
 # Enough of a failing tool's stderr to say why in the journal without flooding it.
 STDERR_TAIL = 1500
+# How long a process a tool left behind may take to end before it is terminated.
+STRAY_GRACE_SECONDS = 15.0
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 class BackupError(Exception):
@@ -148,6 +153,58 @@ def log(message: str) -> None:
 # --- running the tools ------------------------------------------------------------------------
 
 
+def adopt_orphans() -> None:
+    """Become the parent of what our tools leave behind (PR_SET_CHILD_SUBREAPER).
+
+    restic exits before the ssh that carries its rclone connection has ended (0.14 never closes
+    it; 0.18 does not wait either). Under systemd that ssh outlived the unit's main process, so
+    the unit ended only when its cgroup emptied, or got SIGTERM; in containers the empty-cgroup
+    notification was sometimes missed and the unit failed after TimeoutStopSec. Adopted, they
+    are waited for by reap_strays() after each tool."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log(f"cannot adopt orphaned tool processes: {os.strerror(ctypes.get_errno())}")
+
+
+def stray_children() -> list[int]:
+    """Our children still running: with adopt_orphans(), what a finished tool left behind."""
+    pids: list[int] = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
+def children_left() -> bool:
+    """Reap our children that have ended; whether any is still running."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def reap_strays(grace: float = STRAY_GRACE_SECONDS) -> None:
+    """Wait for the processes a finished tool left behind: SIGTERM to those still there after
+    `grace` seconds, SIGKILL after as long again, each named in the journal."""
+    for signal_after_grace in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not children_left():
+                return
+            time.sleep(0.05)
+        for stray in stray_children():
+            with contextlib.suppress(OSError):
+                name = Path(f"/proc/{stray}/comm").read_text().strip()
+                log(f"{name} (pid {stray}) outlived its tool by {grace:g}s: sending {signal_after_grace.name}")
+                os.kill(stray, signal_after_grace)
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            os.waitpid(-1, 0)
+
+
 def run_tool(argv: Sequence[str], config: Config, *, env: dict[str, str] | None = None) -> str:
     """Run borgmatic/restic; stdout on success, BackupError with the stderr tail otherwise."""
     try:
@@ -163,6 +220,8 @@ def run_tool(argv: Sequence[str], config: Config, *, env: dict[str, str] | None 
         raise BackupError(f"{argv[0]} timed out after {config.timeout_seconds}s") from None
     except OSError as error:
         raise BackupError(f"{argv[0]}: {error.strerror}") from None
+    finally:
+        reap_strays()
     if result.returncode != 0:
         why = (result.stderr or result.stdout).strip()[-STDERR_TAIL:]
         raise BackupError(f"{argv[0]} exited {result.returncode}: {why}")
@@ -654,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_parser.add_argument("restored", type=Path)
     args = parser.parse_args(argv)
     os.umask(0o077)
+    adopt_orphans()
     try:
         config = Config.load(args.config)
         if args.command == "init":

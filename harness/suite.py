@@ -52,7 +52,8 @@ STEPS = [
     pytest_step("lint", "docs", "-q", "tests/test_docs.py"),
     pytest_step("node", "node tests", "-q", "appliance/node/tests"),
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
-    pytest_step("infra", "fleet", "-v", "tests/test_fleet.py", parallel=True),
+    # -rP: what passing tests print (build and boot times, RTO, the Lynis index) stays in the log.
+    pytest_step("infra", "fleet", "-v", "-rP", "tests/test_fleet.py", parallel=True),
     # The backup tools' unit tests and the alert rules' promtool tests take seconds: before the scenarios.
     pytest_step(
         "infra",
@@ -70,6 +71,7 @@ STEPS = [
         "images",
         "images",
         "-v",
+        "-rP",
         "tests/test_disk.py",
         "tests/test_manifest.py",
         "tests/test_image.py",

@@ -373,6 +373,23 @@ def test_sshd_refuses_root_and_passwords(fleet: Fleet) -> None:
     assert "permitrootlogin no" in effective and "passwordauthentication no" in effective
 
 
+# Vagrant logs in with Ruby's net-ssh (7.0 on Debian 12), not OpenSSH: with no curve25519 it
+# shares only diffie-hellman-group-exchange-sha256 with the hardened sshd.
+NET_SSH_LOGIN = """
+require "net/ssh"
+host, port, user, key = ARGV
+Net::SSH.start(host, user, port: port.to_i, keys: [key], keys_only: true, non_interactive: true,
+               verify_host_key: :never, timeout: 30) { |ssh| print ssh.exec!("id -un") }
+"""
+
+
+def test_vagrants_ssh_library_logs_in(fleet: Fleet) -> None:
+    vm = fleet.vms[0]
+    login = [*vm.netns.exec("ruby", "-e", NET_SSH_LOGIN), "127.0.0.1", str(vm.ssh_port), vm.user, str(vm.private_key)]
+    run = subprocess.run(login, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == vm.user, run.stderr[-2000:]
+
+
 def test_first_boot_takes_hostname_network_and_grows_the_root(fleet: Fleet) -> None:
     first, second = fleet.vms
     for vm, host in zip(fleet.vms, fleet.hosts, strict=True):

@@ -52,13 +52,15 @@ STEPS = [
     pytest_step("lint", "docs", "-q", "tests/test_docs.py"),
     pytest_step("node", "node tests", "-q", "appliance/node/tests"),
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
-    # -rP: what passing tests print (build and boot times, RTO, the Lynis index) stays in the log.
+    # -rP: what passing tests print (build and boot times, RTO, the Lynis index, Molecule's step
+    # times) stays in the log.
     pytest_step("infra", "fleet", "-v", "-rP", "tests/test_fleet.py", parallel=True),
     # The backup tools' unit tests and the alert rules' promtool tests take seconds: before the scenarios.
     pytest_step(
         "infra",
         "roles",
         "-v",
+        "-rP",
         "tests/test_role_checks.py",
         "tests/test_backup_units.py",
         "tests/test_monitoring.py",

@@ -61,6 +61,7 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("hardening", "hardening_ssh_listen_addresses", ["example.org"], {}),
     ("hardening", "hardening_sysctl_extra", {"not a key": 1}, {}),
     ("hardening", "hardening_ssh_kex_algorithms", ["diffie-hellman-group0-md5"], {}),
+    ("hardening", "hardening_ssh_moduli_minimum", 9000, {}),
     ("hardening", "hardening_lynis_skip_tests", ["ssh-7408; rm -rf /"], {}),
     ("hardening", "hardening_lynis_certificate_paths_to_ignore", ["etc/ssl"], {}),
     ("hardening", "hardening_debsums_cron_check", "hourly", {}),

@@ -98,6 +98,15 @@ def test_post_quantum_hybrid_kex_is_offered() -> None:
     assert "diffie-hellman-group14-sha256" not in kex
 
 
+def test_group_exchange_moduli_under_3072_bits_are_gone(host: testinfra.host.Host) -> None:
+    sizes = [
+        int(line.split()[4]) + 1
+        for line in host.file("/etc/ssh/moduli").content_string.splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert sizes and min(sizes) >= 3072, sorted(set(sizes))
+
+
 def test_tcp_forwarding_is_refused() -> None:
     result = ssh_with_key("ringmesh-admin", "-o", "ExitOnForwardFailure=yes", "-R", "17733:127.0.0.1:22")
     assert result.returncode == 255
@@ -231,8 +240,10 @@ def test_password_policy_and_hashing_rounds() -> None:
 
 
 def test_package_audit_tools_and_needrestart_lists_only() -> None:
-    for package in ("needrestart", "debsums", "apt-show-versions", "lynis", "aide", "sysstat"):
+    for package in ("needrestart", "debsums", "apt-show-versions", "lynis", "sysstat"):
         assert TARGET.package(package).is_installed, package
+    # File integrity belongs to the image a container is made from, not to the container.
+    assert not TARGET.package("aide-common").is_installed
     assert "$nrconf{restart} = 'l';" in TARGET.file("/etc/needrestart/conf.d/ringmesh-hardening.conf").content_string
 
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,3 +51,24 @@ def test_msm_merges_equal_points_and_handles_zero() -> None:
     assert group.msm([(2, h), (3, h), (0, g)]) == group.mul(5, h)
     assert group.msm([(1, h), (group.L - 1, h)]) == group.IDENTITY
     assert group.commit(0, 0) == group.IDENTITY
+
+
+def test_the_system_libsodium_is_used_and_nothing_is_written_to_tmpdir(tmp_path: Path) -> None:
+    """rbcl on its own writes its bundled libsodium into TMPDIR and loads it from there, which
+    a noexec /tmp (hardened hosts) refuses; with the system's library it writes nothing."""
+    probe = (
+        "import sys; from ringmesh_ledger import group; "
+        "assert group.base_mul(2).hex() == sys.argv[1]; "
+        "print(sys.modules['_sodium']._sodium._name)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, MULTIPLES[2]],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "libsodium.so" in run.stdout and str(tmp_path) not in run.stdout, run.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,11 @@ import secrets
 from collections.abc import Iterable
 from functools import lru_cache
 
-import rbcl
+from . import libsodium
+
+libsodium.provide()
+
+import rbcl  # noqa: E402  (after libsodium.provide(): see libsodium.py)
 
 L = 2**252 + 27742317777372353535851937790883648493
 """Order of the ristretto255 group."""

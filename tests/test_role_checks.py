@@ -175,3 +175,18 @@ def test_bad_variable_is_named_alone(run: PlaybookRun, role: str, variable: str)
     assert message is not None, f"{case_host(role, variable)} passed the checks\n{run.explain()}"
     named = {name for name in role_variables(role) if re.search(rf"\b{re.escape(name)}\b", message)}
     assert named == {variable}, f"message names {sorted(named)}: {message}"
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    defaults: dict[str, Any] = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    return defaults
+
+
+def test_supervisors_sandbox_lets_its_programs_write_their_state() -> None:
+    """supervisord runs the relay and the ledger, so each one's state directory must be
+    writable in the sandbox the hardening role gives supervisord. A VM enforces that sandbox;
+    systemd in a container skips its mount namespace, so only this check and the Vagrant lab
+    see a missing directory (the ledger then cannot open its database)."""
+    sandbox = role_defaults("hardening")["hardening_service_sandbox_units"]["supervisor.service"]
+    state_dirs = {role_defaults("node")["node_state_dir"], role_defaults("ledger")["ledger_state_dir"]}
+    assert not state_dirs - set(sandbox["writable_paths"]), "state directories missing from writable_paths"

@@ -148,6 +148,13 @@ def test_shadow_is_not_world_readable(host: testinfra.host.Host) -> None:
     assert (shadow.mode, shadow.user, shadow.group) == (0o640, "root", "shadow")
 
 
+# Debian ships these 0644 and 0755: the role's modes, not the defaults.
+@pytest.mark.parametrize(("path", "mode"), [("/etc/crontab", 0o600), ("/etc/cron.d", 0o700), ("/etc/sudoers.d", 0o750)])
+def test_cron_and_sudo_files_are_closed_to_others(host: testinfra.host.Host, path: str, mode: int) -> None:
+    target = host.file(path)
+    assert (target.mode, target.user, target.group) == (mode, "root", "root")
+
+
 def test_unattended_security_upgrades(host: testinfra.host.Host) -> None:
     codename = host.system_info.codename
     config = host.check_output("apt-config dump")

@@ -4,10 +4,13 @@
     python -m harness.suite lint node  only these stages (lint, node, ledger, infra, images)
 
 Every step runs even when an earlier one failed, so one run shows everything that is wrong;
-the exit status is non-zero when any step failed. Steps of one stage marked `parallel` run at
-the same time (the fleet end to end beside the per-role scenarios: most of their time is
-spent waiting on containers and SSH), each into a log under .test-results/ that is printed
-when it ends. pytest steps write JUnit XML there too, from which the per-test table is made.
+the exit status is non-zero when any step failed. The steps run in two lanes at once, one
+step after the other within a lane, each into a log under .test-results/ that is printed when
+it ends: the fleet end to end and the image's VMs in one; the image build, the linters, the
+packages' tests and the per-role scenarios in the other. Most of the fleet's and the
+scenarios' time is spent waiting on containers and SSH, so the two cores stay busy. A step
+with `after` starts once that step has ended (when it is part of the run). pytest steps
+write JUnit XML there too, from which the per-test table is made.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / ".test-results"
+# The two lanes: containers and VMs the tests bring up, and everything else.
+MACHINES = "machines"
+OTHERS = "others"
 
 
 @dataclass(frozen=True)
@@ -30,19 +37,36 @@ class Step:
     name: str
     command: list[str]
     cwd: Path = REPO
-    parallel: bool = False
+    lane: str = OTHERS
+    after: str = ""  # the name of a step that must have ended first
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def slug(self) -> str:
         return self.name.replace(" ", "-")
 
 
-def pytest_step(group: str, name: str, *args: str, parallel: bool = False) -> Step:
+def pytest_step(group: str, name: str, *args: str, **options: Any) -> Step:
     junit = f"--junitxml={RESULTS / (name.replace(' ', '-') + '.xml')}"
-    return Step(group, name, ["pytest", "-p", "no:cacheprovider", *args, junit], parallel=parallel)
+    return Step(group, name, ["pytest", "-p", "no:cacheprovider", *args, junit], **options)
 
 
+# The fleet starts at once, beside the image build (so that the image's VMs can boot right
+# after the fleet, two VMs under TCG keeping both cores busy while the scenarios end), the
+# linters and the packages' tests.
 STEPS = [
+    pytest_step(
+        "images",
+        "image build",
+        "-v",
+        "-rP",
+        "-m",
+        "not boot",
+        "tests/test_disk.py",
+        "tests/test_manifest.py",
+        "tests/test_image.py",
+        "tests/test_vagrant.py",
+    ),
     Step("lint", "yamllint", ["yamllint", "-s", "."]),
     Step("lint", "ansible-lint", ["ansible-lint"]),
     Step("lint", "ruff", ["ruff", "check", ".", "lab/lab", "images/build"]),
@@ -54,30 +78,31 @@ STEPS = [
     pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     # -rP: what passing tests print (build and boot times, RTO, the Lynis index, Molecule's step
     # times) stays in the log.
-    pytest_step("infra", "fleet", "-v", "-rP", "tests/test_fleet.py", parallel=True),
-    # The backup tools' unit tests and the alert rules' promtool tests take seconds: before the scenarios.
+    pytest_step("infra", "fleet", "-v", "-rP", "tests/test_fleet.py", lane=MACHINES),
+    # The harness's, the backup tools' unit tests and the alert rules' promtool tests take
+    # seconds: before the scenarios.
     pytest_step(
         "infra",
         "roles",
         "-v",
         "-rP",
+        "tests/test_suite.py",
         "tests/test_role_checks.py",
         "tests/test_backup_units.py",
         "tests/test_monitoring.py",
         "tests/test_molecule.py",
-        parallel=True,
     ),
-    # After the fleet and the roles: it builds the appliance image and boots two VMs of it,
-    # which would compete with them for the two cores.
     pytest_step(
         "images",
-        "images",
+        "image boot",
         "-v",
         "-rP",
-        "tests/test_disk.py",
-        "tests/test_manifest.py",
+        "-m",
+        "boot",
         "tests/test_image.py",
-        "tests/test_vagrant.py",
+        lane=MACHINES,
+        after="image build",
+        env=(("RINGMESH_IMAGE_REUSE", "1"),),
     ),
 ]
 
@@ -89,35 +114,54 @@ class Outcome:
     seconds: float
 
 
-def run(step: Step) -> Outcome:
-    print(f"\n== {step.name}: {' '.join(step.command)}", flush=True)
-    began = time.monotonic()
-    returncode = subprocess.run(step.command, cwd=step.cwd, check=False).returncode
-    return Outcome(step, returncode, time.monotonic() - began)
+def step_env(step: Step) -> dict[str, str]:
+    return {**os.environ, **dict(step.env)}
 
 
-def run_together(steps: list[Step]) -> list[Outcome]:
-    """Start the steps at once, each into its log; print each log as its step ends."""
-    began = time.monotonic()
-    running = []
-    for step in steps:
-        log = RESULTS / f"{step.slug}.log"
-        print(f"\n== {step.name} (in parallel, log {log.relative_to(REPO)}): {' '.join(step.command)}", flush=True)
-        out = log.open("w")
-        running.append(
-            (step, log, out, subprocess.Popen(step.command, cwd=step.cwd, stdout=out, stderr=subprocess.STDOUT))
-        )
-    outcomes = []
-    while running:
-        for entry in list(running):
-            step, log, out, proc = entry
-            if proc.poll() is None:
+@dataclass
+class Running:
+    step: Step
+    log: Path
+    out: IO[str]
+    process: subprocess.Popen[bytes]
+    began: float
+
+
+def ready(step: Step, pending: list[Step], running: dict[str, Running]) -> bool:
+    """Its lane is free, no earlier step of its lane waits, and its `after` step has ended."""
+    if step.lane in running or any(s.lane == step.lane for s in pending[: pending.index(step)]):
+        return False
+    unfinished = {s.name for s in pending} | {r.step.name for r in running.values()}
+    return step.after not in unfinished
+
+
+def start(step: Step) -> Running:
+    log = RESULTS / f"{step.slug}.log"
+    print(f"\n== {step.name} (lane {step.lane}, log {log.relative_to(REPO)}): {' '.join(step.command)}", flush=True)
+    out = log.open("w")
+    process = subprocess.Popen(step.command, cwd=step.cwd, env=step_env(step), stdout=out, stderr=subprocess.STDOUT)
+    return Running(step, log, out, process, time.monotonic())
+
+
+def run_lanes(steps: list[Step]) -> list[Outcome]:
+    """Run the steps' lanes at the same time, each lane's steps one after the other; print
+    each step's log as it ends."""
+    pending, running, outcomes = list(steps), dict[str, Running](), []
+    while pending or running:
+        for step in [s for s in pending if ready(s, pending, running)]:
+            pending.remove(step)
+            running[step.lane] = start(step)
+        for lane, entry in list(running.items()):
+            if entry.process.poll() is None:
                 continue
-            out.close()
-            running.remove(entry)
-            outcomes.append(Outcome(step, proc.returncode, time.monotonic() - began))
-            print(f"\n== {step.name}: finished (exit {proc.returncode}) after {time.monotonic() - began:.0f}s")
-            print(log.read_text(), flush=True)
+            entry.out.close()
+            del running[lane]
+            seconds = time.monotonic() - entry.began
+            outcomes.append(Outcome(entry.step, entry.process.returncode, seconds))
+            print(f"\n== {entry.step.name}: finished (exit {entry.process.returncode}) after {seconds:.0f}s")
+            print(entry.log.read_text(), flush=True)
+        if pending and not running and not any(ready(s, pending, running) for s in pending):
+            raise RuntimeError(f"harness.suite: steps wait on each other: {[s.name for s in pending]}")
         time.sleep(1)
     return outcomes
 
@@ -138,15 +182,16 @@ def test_cases() -> list[tuple[str, float, str]]:
     return cases
 
 
-def report(outcomes: list[Outcome]) -> int:
+def report(outcomes: list[Outcome], wall_seconds: float) -> int:
     print("\n== durations: steps")
-    print(f"  {'step':16} {'seconds':>8}  result")
+    print(f"  {'step':16} {'lane':8} {'seconds':>8}  result")
     for o in outcomes:
-        print(f"  {o.step.name:16} {o.seconds:8.1f}  {'ok' if o.returncode == 0 else f'FAILED (exit {o.returncode})'}")
-    print(f"  {'total':16} {sum(o.seconds for o in outcomes):8.1f}")
+        result = "ok" if o.returncode == 0 else f"FAILED (exit {o.returncode})"
+        print(f"  {o.step.name:16} {o.step.lane or '-':8} {o.seconds:8.1f}  {result}")
+    print(f"  {'wall clock':16} {'':8} {wall_seconds:8.1f}")
     cases = test_cases()
     long = sorted((c for c in cases if c[1] >= 1.0), key=lambda c: -c[1])
-    print("\n== durations: tests (1 s or more; the fleet ran beside the roles' tests)")
+    print("\n== durations: tests (1 s or more; the two lanes ran at the same time)")
     for name, seconds, outcome in long:
         print(f"  {seconds:8.1f}  {outcome:7}  {name}")
     short = [c for c in cases if c[1] < 1.0]
@@ -170,19 +215,9 @@ def main(groups: list[str]) -> int:
         old.unlink()
     os.environ.setdefault("PY_COLORS", "0")
     chosen = [step for step in STEPS if not groups or step.group in groups]
-    outcomes: list[Outcome] = []
-    together: list[Step] = []
-    # In the order of STEPS; consecutive parallel steps run together.
-    for step in [*chosen, None]:
-        if step is not None and step.parallel:
-            together.append(step)
-            continue
-        if together:
-            outcomes += run_together(together)
-            together = []
-        if step is not None:
-            outcomes.append(run(step))
-    return report(outcomes)
+    began = time.monotonic()
+    outcomes = run_lanes(chosen)
+    return report(outcomes, time.monotonic() - began)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ works) booting the image with a cloud-init NoCloud seed, checked over real SSH w
 testinfra. The VMs live in a network namespace of this test run's own, on a private bridge.
 Serial logs and seeds are kept under build/image-test/<run> when a test failed.
 RINGMESH_IMAGE_SUITE=bookworm tests the Debian 12 image; RINGMESH_IMAGE_REUSE=1 boots the
-images already built instead of building them first.
+images already built instead of building them first. The tests that boot VMs are marked
+`boot`: `make test` runs `-m "not boot"` (the build and its checks) beside the fleet, then
+`-m boot` with RINGMESH_IMAGE_REUSE=1 after it.
 """
 
 from __future__ import annotations
@@ -309,6 +311,7 @@ def node_identity(host: Any) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.boot
 def test_node_runs_under_supervisor_as_ringmesh(fleet: Fleet) -> None:
     for host in fleet.hosts:
         status = host.check_output("supervisorctl status ringmesh")
@@ -320,6 +323,7 @@ def test_node_runs_under_supervisor_as_ringmesh(fleet: Fleet) -> None:
         assert ringmesh(host, "status")["pid"] == pid
 
 
+@pytest.mark.boot
 def test_identity_is_made_at_first_boot_before_supervisor(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     assert node_identity(host)["did"].startswith("did:key:z6Mk")
@@ -330,6 +334,7 @@ def test_identity_is_made_at_first_boot_before_supervisor(fleet: Fleet) -> None:
     assert 0 < int(identity) < int(supervisor), (identity, supervisor)
 
 
+@pytest.mark.boot
 def test_supervisor_and_the_relay_run_sandboxed(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     verdict = host.check_output("systemd-analyze security supervisor.service | tail -1")
@@ -340,12 +345,14 @@ def test_supervisor_and_the_relay_run_sandboxed(fleet: Fleet) -> None:
     assert host.file(f"/proc/{pid}/status").content_string.count("NoNewPrivs:\t1") == 1
 
 
+@pytest.mark.boot
 def test_no_unit_failed_at_first_boot(fleet: Fleet) -> None:
     for host in fleet.hosts:
         failed = host.check_output("systemctl list-units --failed --plain --no-legend")
         assert failed == "", failed
 
 
+@pytest.mark.boot
 def test_nftables_is_loaded_and_drops_by_default(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     assert host.service("nftables").is_enabled
@@ -354,6 +361,7 @@ def test_nftables_is_loaded_and_drops_by_default(fleet: Fleet) -> None:
     assert policies["input"] == "drop" and policies["forward"] == "drop"
 
 
+@pytest.mark.boot
 def test_sshd_refuses_root_and_passwords(fleet: Fleet) -> None:
     vm = fleet.vms[0]
     as_root = vm.ssh("true", user="root", check=False)
@@ -383,6 +391,7 @@ Net::SSH.start(host, user, port: port.to_i, keys: [key], keys_only: true, non_in
 """
 
 
+@pytest.mark.boot
 def test_vagrants_ssh_library_logs_in(fleet: Fleet) -> None:
     vm = fleet.vms[0]
     login = [*vm.netns.exec("ruby", "-e", NET_SSH_LOGIN), "127.0.0.1", str(vm.ssh_port), vm.user, str(vm.private_key)]
@@ -390,6 +399,7 @@ def test_vagrants_ssh_library_logs_in(fleet: Fleet) -> None:
     assert run.returncode == 0 and run.stdout.strip() == vm.user, run.stderr[-2000:]
 
 
+@pytest.mark.boot
 def test_first_boot_takes_hostname_network_and_grows_the_root(fleet: Fleet) -> None:
     first, second = fleet.vms
     for vm, host in zip(fleet.vms, fleet.hosts, strict=True):
@@ -406,6 +416,7 @@ def test_first_boot_takes_hostname_network_and_grows_the_root(fleet: Fleet) -> N
     assert re.search(r"lladdr \S+ (REACHABLE|STALE|DELAY|PROBE)", neighbour.stdout), neighbour
 
 
+@pytest.mark.boot
 def test_clones_get_their_own_identity_host_keys_and_machine_id(fleet: Fleet) -> None:
     def fingerprint(host: Any) -> tuple[str, str, str]:
         return (
@@ -423,6 +434,7 @@ def test_clones_get_their_own_identity_host_keys_and_machine_id(fleet: Fleet) ->
     assert first[2] != second[2], "same machine-id on two clones"
 
 
+@pytest.mark.boot
 def test_booted_identity_and_host_keys_are_not_in_the_image(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     did = node_identity(host)["did"].encode()
@@ -529,6 +541,7 @@ INVENTORY_CHANGES = {
 
 
 @pytest.mark.usefixtures("lynis_audit")
+@pytest.mark.boot
 def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fleet) -> None:
     # A fleet of two in the inventory (the backup role's checks want a peer) and the first in
     # the run: Lynis audits the second meanwhile.
@@ -577,6 +590,7 @@ def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fl
     assert ringmesh(host, "status")["did"] == did
 
 
+@pytest.mark.boot
 def test_lynis_hardening_index(fleet: Fleet, lynis_audit: Future[LynisRun]) -> None:
     run = lynis_audit.result()
     (fleet.workdir / "lynis-report.dat").write_text(run.report)

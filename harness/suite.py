@@ -187,7 +187,7 @@ def report(outcomes: list[Outcome], wall_seconds: float) -> int:
     print(f"  {'step':16} {'lane':8} {'seconds':>8}  result")
     for o in outcomes:
         result = "ok" if o.returncode == 0 else f"FAILED (exit {o.returncode})"
-        print(f"  {o.step.name:16} {o.step.lane or '-':8} {o.seconds:8.1f}  {result}")
+        print(f"  {o.step.name:16} {o.step.lane:8} {o.seconds:8.1f}  {result}")
     print(f"  {'wall clock':16} {'':8} {wall_seconds:8.1f}")
     cases = test_cases()
     long = sorted((c for c in cases if c[1] >= 1.0), key=lambda c: -c[1])

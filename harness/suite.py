@@ -6,11 +6,12 @@
 Every step runs even when an earlier one failed, so one run shows everything that is wrong;
 the exit status is non-zero when any step failed. The steps run in two lanes at once, one
 step after the other within a lane, each into a log under .test-results/ that is printed when
-it ends: the fleet end to end and the image's VMs in one; the image build, the linters, the
-packages' tests and the per-role scenarios in the other. Most of the fleet's and the
+it ends: the packages' tests, the fleet end to end and the image's VMs in one; the image
+build, the linters and the per-role scenarios in the other. Most of the fleet's and the
 scenarios' time is spent waiting on containers and SSH, so the two cores stay busy. A step
 with `after` starts once that step has ended (when it is part of the run). pytest steps
-write JUnit XML there too, from which the per-test table is made.
+write JUnit XML there too, from which the per-test table is made; the output ends with the
+failed steps and tests.
 """
 
 from __future__ import annotations
@@ -43,18 +44,29 @@ class Step:
 
     @property
     def slug(self) -> str:
-        return self.name.replace(" ", "-")
+        return slug(self.name)
+
+    @property
+    def log(self) -> Path:
+        return RESULTS / f"{self.slug}.log"
+
+
+def slug(name: str) -> str:
+    """A step's name as it names its files under RESULTS."""
+    return name.replace(" ", "-")
 
 
 def pytest_step(group: str, name: str, *args: str, **options: Any) -> Step:
-    junit = f"--junitxml={RESULTS / (name.replace(' ', '-') + '.xml')}"
+    junit = f"--junitxml={RESULTS / (slug(name) + '.xml')}"
     return Step(group, name, ["pytest", "-p", "no:cacheprovider", *args, junit], **options)
 
 
-# The fleet starts at once, beside the image build (so that the image's VMs can boot right
-# after the fleet, two VMs under TCG keeping both cores busy while the scenarios end), the
-# linters and the packages' tests.
+# The packages' tests, then the fleet, start at once beside the image build and the linters
+# (so that the image's VMs boot right after the fleet, two VMs under TCG keeping both cores
+# busy while the scenarios end); the two lanes take about as long as each other.
 STEPS = [
+    pytest_step("node", "node tests", "-q", "appliance/node/tests", lane=MACHINES),
+    pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests", lane=MACHINES),
     pytest_step(
         "images",
         "image build",
@@ -74,8 +86,6 @@ STEPS = [
     Step("lint", "mypy node", ["mypy"], REPO / "appliance" / "node"),
     Step("lint", "mypy ledger", ["mypy"], REPO / "appliance" / "ledger"),
     pytest_step("lint", "docs", "-q", "tests/test_docs.py"),
-    pytest_step("node", "node tests", "-q", "appliance/node/tests"),
-    pytest_step("ledger", "ledger tests", "-q", "appliance/ledger/tests"),
     # -rP: what passing tests print (build and boot times, RTO, the Lynis index, Molecule's step
     # times) stays in the log.
     pytest_step("infra", "fleet", "-v", "-rP", "tests/test_fleet.py", lane=MACHINES),
@@ -121,7 +131,6 @@ def step_env(step: Step) -> dict[str, str]:
 @dataclass
 class Running:
     step: Step
-    log: Path
     out: IO[str]
     process: subprocess.Popen[bytes]
     began: float
@@ -136,11 +145,11 @@ def ready(step: Step, pending: list[Step], running: dict[str, Running]) -> bool:
 
 
 def start(step: Step) -> Running:
-    log = RESULTS / f"{step.slug}.log"
-    print(f"\n== {step.name} (lane {step.lane}, log {log.relative_to(REPO)}): {' '.join(step.command)}", flush=True)
-    out = log.open("w")
+    command = " ".join(step.command)
+    print(f"\n== {step.name} (lane {step.lane}, log {step.log.relative_to(REPO)}): {command}", flush=True)
+    out = step.log.open("w")
     process = subprocess.Popen(step.command, cwd=step.cwd, env=step_env(step), stdout=out, stderr=subprocess.STDOUT)
-    return Running(step, log, out, process, time.monotonic())
+    return Running(step, out, process, time.monotonic())
 
 
 def run_lanes(steps: list[Step]) -> list[Outcome]:
@@ -159,26 +168,35 @@ def run_lanes(steps: list[Step]) -> list[Outcome]:
             seconds = time.monotonic() - entry.began
             outcomes.append(Outcome(entry.step, entry.process.returncode, seconds))
             print(f"\n== {entry.step.name}: finished (exit {entry.process.returncode}) after {seconds:.0f}s")
-            print(entry.log.read_text(), flush=True)
+            print(entry.step.log.read_text(), flush=True)
         if pending and not running and not any(ready(s, pending, running) for s in pending):
             raise RuntimeError(f"harness.suite: steps wait on each other: {[s.name for s in pending]}")
         time.sleep(1)
     return outcomes
 
 
-def test_cases() -> list[tuple[str, float, str]]:
-    """(test id, seconds, outcome) from every JUnit file of this run."""
+@dataclass(frozen=True)
+class Case:
+    name: str
+    seconds: float
+    outcome: str  # passed, failed or skipped
+    message: str = ""  # the first line of a failure's or an error's message
+
+
+def test_cases() -> list[Case]:
+    """Every test case of every JUnit file of this run."""
     cases = []
     for path in sorted(RESULTS.glob("*.xml")):
         for case in ET.parse(path).iter("testcase"):
-            outcome = "passed"
+            outcome, message = "passed", ""
             for child in case:
                 if child.tag in {"failure", "error"}:
                     outcome = "failed"
+                    message = message or (child.get("message") or child.text or "").strip().partition("\n")[0]
                 elif child.tag == "skipped":
                     outcome = "skipped"
             name = f"{case.get('classname', '')}::{case.get('name', '')}".lstrip(":")
-            cases.append((name, float(case.get("time", 0)), outcome))
+            cases.append(Case(name, float(case.get("time", 0)), outcome, message[:300]))
     return cases
 
 
@@ -190,17 +208,20 @@ def report(outcomes: list[Outcome], wall_seconds: float) -> int:
         print(f"  {o.step.name:16} {o.step.lane:8} {o.seconds:8.1f}  {result}")
     print(f"  {'wall clock':16} {'':8} {wall_seconds:8.1f}")
     cases = test_cases()
-    long = sorted((c for c in cases if c[1] >= 1.0), key=lambda c: -c[1])
+    long = sorted((c for c in cases if c.seconds >= 1.0), key=lambda c: -c.seconds)
     print("\n== durations: tests (1 s or more; the two lanes ran at the same time)")
-    for name, seconds, outcome in long:
-        print(f"  {seconds:8.1f}  {outcome:7}  {name}")
-    short = [c for c in cases if c[1] < 1.0]
-    print(f"  {sum(c[1] for c in short):8.1f}  {len(short)} tests under 1 s each")
-    counts = {k: sum(1 for c in cases if c[2] == k) for k in ("passed", "failed", "skipped")}
-    failed_steps = [o.step.name for o in outcomes if o.returncode != 0]
-    if failed_steps:
-        print(f"\nFAILED steps: {', '.join(failed_steps)}")
+    for case in long:
+        print(f"  {case.seconds:8.1f}  {case.outcome:7}  {case.name}")
+    short = [c for c in cases if c.seconds < 1.0]
+    print(f"  {sum(c.seconds for c in short):8.1f}  {len(short)} tests under 1 s each")
+    counts = {k: sum(1 for c in cases if c.outcome == k) for k in ("passed", "failed", "skipped")}
     print(f"\ntests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    # Last, so that the end of a long run's output says what failed and where to read why.
+    failed_steps = [o for o in outcomes if o.returncode != 0]
+    for o in failed_steps:
+        print(f"FAILED step {o.step.name}: exit {o.returncode}; its whole output: {o.step.log.relative_to(REPO)}")
+    for case in (c for c in cases if c.outcome == "failed"):
+        print(f"FAILED {case.name}: {case.message}")
     return 1 if failed_steps or counts["failed"] else 0
 
 

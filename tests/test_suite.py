@@ -33,7 +33,8 @@ def results_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_lanes_run_at_once_and_their_steps_in_order(tmp_path: Path) -> None:
     steps = [
-        suite.Step("t", "a1", stamp(tmp_path, "a1", 1.0), lane="a"),
+        # a1 lasts long enough that b1 starts before it ends even on a loaded machine.
+        suite.Step("t", "a1", stamp(tmp_path, "a1", 3.0), lane="a"),
         suite.Step("t", "b1", stamp(tmp_path, "b1", 0.2), lane="b"),
         suite.Step("t", "a2", stamp(tmp_path, "a2", 0.2), lane="a"),
     ]
@@ -60,3 +61,15 @@ def test_a_failed_step_is_reported_and_the_rest_still_run(tmp_path: Path) -> Non
     ]
     outcomes = {o.step.name: o.returncode for o in suite.run_lanes(steps)}
     assert outcomes == {"broken": 3, "next": 0}
+
+
+def test_the_report_ends_with_the_failed_steps_and_tests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test_file = tmp_path / "test_two.py"
+    test_file.write_text("def test_good():\n    pass\n\ndef test_bad():\n    assert 1 == 2, 'one is not two'\n")
+    step = suite.pytest_step("t", "two tests", "-q", str(test_file), cwd=tmp_path, lane="a")
+    outcomes = suite.run_lanes([step])
+    assert suite.report(outcomes, 1.0) == 1
+    tail = capsys.readouterr().out.rstrip().splitlines()[-3:]
+    assert tail[0] == "tests: 1 passed, 1 failed, 0 skipped"
+    assert tail[1] == "FAILED step two tests: exit 1; its whole output: two-tests.log"
+    assert tail[2].startswith("FAILED test_two::test_bad: AssertionError: one is not two")

@@ -79,7 +79,7 @@ def test_offline_identity_key_stays_on_the_controller_and_its_certificate_renews
         os.environ["MOLECULE_INVENTORY_FILE"],
         limit=OFFLINE,
         extra_vars={"node_identity_certificate_lifetime": 31 * 86400, "node_identity_renew_within": 31 * 86400 - 60},
-        timeout=300,
+        timeout=900,
     )
     assert run.ok, run.explain()
     after = ringmesh(offline, "status")

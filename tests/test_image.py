@@ -540,24 +540,21 @@ INVENTORY_CHANGES = {
 }
 
 
+def inventory_host(vm: VM) -> dict[str, str]:
+    """How Ansible reaches a VM: through the test's SSH config, as the image's login user."""
+    return {"ansible_host": vm.name, "ansible_ssh_common_args": f"-F {vm.ssh_config}", "ansible_user": "debian"}
+
+
 @pytest.mark.usefixtures("lynis_audit")
 @pytest.mark.boot
 def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fleet) -> None:
     # A fleet of two in the inventory (the backup role's checks want a peer) and the first in
     # the run: Lynis audits the second meanwhile.
-    relays = {
-        vm.name: {
-            "ansible_host": vm.name,
-            "ansible_ssh_common_args": f"-F {vm.ssh_config}",
-            "node_advertise_address": vm.private_address,
-        }
-        for vm in fleet.vms
-    }
+    relays = {vm.name: {**inventory_host(vm), "node_advertise_address": vm.private_address} for vm in fleet.vms}
     first = fleet.vms[0].name
     inventory = {
         "all": {
             "vars": {
-                "ansible_user": "debian",
                 # SSH reaches the VMs through QEMU's user-mode network, from its gateway.
                 "firewall_admin_networks": ["10.0.2.2/32"],
                 # The preflight checks the backup role's variables; the role itself is left out below.
@@ -588,6 +585,47 @@ def test_site_yml_converges_a_booted_image_with_only_inventory_changes(fleet: Fl
     did = node_identity(host)["did"]
     assert f'did = "{did}"' in host.file("/etc/ringmesh/node.toml").content_string
     assert ringmesh(host, "status")["did"] == did
+
+
+@pytest.mark.boot
+def test_a_program_directory_made_after_boot_is_writable_under_supervisor(fleet: Fleet) -> None:
+    """supervisord's sandbox makes writable only the paths that existed when it started. The
+    ledger's state directory is made after boot (the image carries no ledger): registering a
+    program there restarts supervisord (the supervisor role), and the program can write it."""
+    vm, host = fleet.vms[0], fleet.hosts[0]
+    directory = "/var/lib/ringmesh-ledger"  # one of supervisord's writable paths (hardening defaults)
+    seen_by_supervisord = f'test -w "/proc/$(systemctl show -P MainPID supervisor.service)/root{directory}"'
+    vm.ssh(f"sudo install -d -o ringmesh -g ringmesh -m 0700 {directory}")
+    assert vm.ssh(f"sudo sh -c '{seen_by_supervisord}'", check=False).returncode == 1, "sandbox already writable"
+    probe = {
+        "name": "sandbox-probe",
+        "command": f'/bin/sh -c "date > {directory}/probe && exec sleep 3600"',
+        "user": "ringmesh",
+        "directory": directory,
+    }
+    play = {
+        "name": "A program whose directory was made after supervisord started",
+        "hosts": vm.name,
+        "become": True,
+        "tasks": [
+            {
+                "name": "Register the probe",
+                "ansible.builtin.include_role": {"name": "supervisor", "tasks_from": "program"},
+                "vars": {"supervisor_program": probe},
+            }
+        ],
+    }
+    (fleet.workdir / "late-directory.yml").write_text(json.dumps([play]))
+    (fleet.workdir / "late-directory.json").write_text(json.dumps({"all": {"hosts": {vm.name: inventory_host(vm)}}}))
+    run = run_playbook(fleet.workdir / "late-directory.yml", fleet.workdir / "late-directory.json", timeout=600)
+    assert run.ok, run.explain()
+    assert vm.ssh(f"sudo sh -c '{seen_by_supervisord}'", check=False).returncode == 0
+    # The restart restarted the relay too: it comes back.
+    deadline = time.monotonic() + 120
+    while not (host.file(f"{directory}/probe").exists and host.run("ringmesh status --json").rc == 0):
+        assert time.monotonic() < deadline, host.run("supervisorctl status").stdout
+        time.sleep(2)
+    vm.ssh("sudo rm /etc/supervisor/conf.d/sandbox-probe.conf && sudo supervisorctl update")
 
 
 @pytest.mark.boot
